@@ -1,0 +1,60 @@
+"""Optimisers (SGD, LARS) and the warmup + cosine learning-rate schedule."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+class LARS(torch.optim.Optimizer):
+    """SGD with momentum and layer-wise adaptive rate scaling (You et al. 2017).
+
+    For each parameter tensor w with gradient g (weight decay folded in, g <- g + wd * w)::
+
+        trust = eta * ||w|| / ||g||   (1 when either norm is 0)
+        v <- momentum * v + lr * trust * g;   w <- w - v
+
+    Groups marked ``lars_exclude`` (biases, norm parameters) skip the trust ratio, as in the
+    public CIFAR recipes (eta = 0.02).
+    """
+
+    def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0, eta: float = 0.02):
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, lars_exclude=False))
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g = p.grad
+                if group["weight_decay"]:
+                    g = g.add(p, alpha=group["weight_decay"])
+                if not group["lars_exclude"]:
+                    w_norm, g_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(g)
+                    trust = torch.where((w_norm > 0) & (g_norm > 0), group["eta"] * w_norm / g_norm, torch.ones_like(w_norm))
+                    g = g * trust
+                buf = self.state[p].get("momentum_buffer")
+                if buf is None:
+                    buf = self.state[p]["momentum_buffer"] = torch.zeros_like(p)
+                buf.mul_(group["momentum"]).add_(g, alpha=group["lr"])
+                p.sub_(buf)
+
+
+def build_optimizer(name: str, groups: list[dict], lr: float, weight_decay: float, momentum: float = 0.9):
+    for g in groups:
+        g.setdefault("weight_decay", weight_decay)
+    if name == "sgd":
+        clean = [{k: v for k, v in g.items() if k != "lars_exclude"} for g in groups]
+        return torch.optim.SGD(clean, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "lars":
+        return LARS(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {name!r}; available: sgd, lars")
+
+
+def lr_at(step: int, total_steps: int, warmup_steps: int, peak_lr: float, final_frac: float = 0.0) -> float:
+    """Linear warmup from 0 to ``peak_lr`` over ``warmup_steps``, then cosine decay to ``final_frac * peak_lr``."""
+    if step < warmup_steps:
+        return peak_lr * (step + 1) / warmup_steps
+    t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return peak_lr * (final_frac + (1 - final_frac) * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
