@@ -1,0 +1,349 @@
+"""Tests for fastssl.augment (CPU; the CUDA test skips without a GPU)."""
+import colorsys
+import math
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fastssl.augment import (
+    POLICY_NAMES, AugmentPolicy, TwoViewAugment, adjust_brightness, adjust_contrast, adjust_hue,
+    adjust_saturation, augment_view, gaussian_blur, normalize, policy_pair, resized_crop_flip,
+    rgb_to_gray, sample_crop_boxes, solarize,
+)
+
+MEAN = (125.3, 123.0, 113.9)
+STD = (63.0, 62.1, 66.7)
+# Geometry only / nothing at all.
+NO_COLOUR = dict(jitter_p=0.0, gray_p=0.0, blur_p=0.0, solarize_p=0.0)
+IDENTITY = AugmentPolicy(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_p=0.0, **NO_COLOUR)
+
+
+def gen(seed, device="cpu"):
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def rand_images(b=8, h=32, w=32, seed=0):
+    return torch.randint(0, 256, (b, 3, h, w), dtype=torch.uint8, generator=gen(seed))
+
+
+def norm_bounds():
+    lo = torch.tensor([(0 - m) / s for m, s in zip(MEAN, STD)]).view(1, 3, 1, 1)
+    hi = torch.tensor([(255 - m) / s for m, s in zip(MEAN, STD)]).view(1, 3, 1, 1)
+    return lo, hi
+
+
+# ------------------------------------------------------------------ policies
+
+
+def test_policy_pair_names_and_contents():
+    assert POLICY_NAMES == ("default", "symmetric", "asymmetric")
+    d1, d2 = policy_pair("default")
+    assert d1 == d2 == AugmentPolicy()
+    assert (d1.crop_scale, d1.flip_p, d1.jitter_p, d1.gray_p) == ((0.08, 1.0), 0.5, 0.8, 0.2)
+    assert (d1.brightness, d1.contrast, d1.saturation, d1.hue) == (0.4, 0.4, 0.2, 0.1)
+    assert d1.blur_p == d1.solarize_p == 0.0
+    s1, s2 = policy_pair("symmetric")
+    assert s1 == s2 and (s1.brightness, s1.contrast, s1.saturation, s1.hue) == (0.8, 0.8, 0.8, 0.2)
+    assert s1.blur_p == 0.5 and s1.jitter_p == 0.8 and s1.gray_p == 0.2
+    a1, a2 = policy_pair("asymmetric")
+    assert a1.solarize_p == 0.0 and a2.solarize_p == 0.2
+    assert a1.blur_p == a2.blur_p == 0.0  # CIFAR choice, see policy_pair's docstring
+    with pytest.raises(ValueError, match="default, symmetric, asymmetric"):
+        policy_pair("nope")
+
+
+@pytest.mark.parametrize("kwargs", [dict(crop_scale=(0.0, 1.0)), dict(crop_scale=(0.5, 0.2)),
+                                    dict(crop_ratio=(2.0, 1.0)), dict(flip_p=1.5),
+                                    dict(brightness=-0.1), dict(hue=0.6)])
+def test_policy_validation(kwargs):
+    with pytest.raises(ValueError):
+        AugmentPolicy(**kwargs)
+
+
+# ------------------------------------------------------------------ output contract
+
+
+@pytest.mark.parametrize("name", POLICY_NAMES)
+def test_shapes_dtype_range(name):
+    x = rand_images(16)
+    v1, v2 = TwoViewAugment(*policy_pair(name), MEAN, STD)(x, gen(1))
+    lo, hi = norm_bounds()
+    for v in (v1, v2):
+        assert v.shape == (16, 3, 32, 32) and v.dtype == torch.float32
+        assert v.is_contiguous(memory_format=torch.channels_last)
+        assert torch.isfinite(v).all()
+        assert (v >= lo - 1e-4).all() and (v <= hi + 1e-4).all()
+
+
+def test_out_dtype_and_contiguous_layout():
+    aug = TwoViewAugment(*policy_pair("default"), MEAN, STD, out_dtype=torch.bfloat16,
+                         channels_last=False)
+    v1, v2 = aug(rand_images(4), gen(0))
+    assert v1.dtype == v2.dtype == torch.bfloat16 and v1.is_contiguous()
+
+
+def test_input_validation():
+    aug = TwoViewAugment(*policy_pair("default"), MEAN, STD)
+    with pytest.raises(TypeError):
+        aug(torch.rand(2, 3, 32, 32))
+    with pytest.raises(ValueError):
+        TwoViewAugment(*policy_pair("default"), MEAN[:2], STD)
+
+
+def test_seed_determinism():
+    x = rand_images(16)
+    aug = TwoViewAugment(*policy_pair("symmetric"), MEAN, STD)
+    a1, a2 = aug(x, gen(123))
+    b1, b2 = aug(x, gen(123))
+    c1, c2 = aug(x, gen(124))
+    assert torch.equal(a1, b1) and torch.equal(a2, b2)
+    assert not torch.equal(a1, c1) and not torch.equal(a2, c2)
+
+
+def test_per_sample_variation_and_views_differ():
+    x = rand_images(1).expand(16, -1, -1, -1).contiguous()  # 16 copies of one image
+    v1, v2 = TwoViewAugment(*policy_pair("default"), MEAN, STD)(x, gen(5))
+    flat = v1.flatten(1)
+    n_distinct = len({tuple(r) for r in flat[:, :64].tolist()})
+    assert n_distinct == 16  # every copy got its own crop/colour parameters
+    assert not torch.allclose(v1, v2)
+    # Geometry alone also varies per sample.
+    g = augment_view(x.float() / 255, AugmentPolicy(**NO_COLOUR), 32, gen(6))
+    assert len({tuple(r) for r in g.flatten(1)[:, :64].tolist()}) == 16
+
+
+def test_identity_policy_returns_normalised_input():
+    x = rand_images(8)
+    v1, v2 = TwoViewAugment(IDENTITY, IDENTITY, MEAN, STD)(x, gen(0))
+    ref = normalize(x, MEAN, STD)
+    torch.testing.assert_close(v1, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(v2, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_normalize_formula():
+    x = rand_images(4)
+    out = normalize(x, MEAN, STD)
+    ref = (x.double() - torch.tensor(MEAN, dtype=torch.float64).view(1, 3, 1, 1)) \
+        / torch.tensor(STD, dtype=torch.float64).view(1, 3, 1, 1)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, ref.float())
+    assert normalize(x, MEAN, STD, out_dtype=torch.float16).dtype == torch.float16
+
+
+def test_batch_size_one_and_non_square_inputs():
+    aug = TwoViewAugment(*policy_pair("symmetric"), MEAN, STD)
+    v1, v2 = aug(rand_images(1), gen(0))
+    assert v1.shape == v2.shape == (1, 3, 32, 32)
+    x = rand_images(3, 40, 24)
+    v1, v2 = aug(x, gen(0))
+    assert v1.shape == v2.shape == (3, 3, 32, 32) and torch.isfinite(v1).all()
+    small = TwoViewAugment(IDENTITY, IDENTITY, MEAN, STD, size=16)
+    v1, _ = small(x, gen(0))  # identity policy on a non-square input: centre square, resized
+    assert v1.shape == (3, 3, 16, 16)
+
+
+# ------------------------------------------------------------------ probabilities
+
+
+def _rate(policy, x, applied, seed=0):
+    out = augment_view(x, policy, x.shape[-1], gen(seed))
+    return applied(out, x).float().mean().item()
+
+
+def test_flip_rate():
+    n = 4000
+    ramp = torch.linspace(0, 1, 8).expand(n, 3, 8, 8).contiguous()  # left dark, right bright
+    policy = AugmentPolicy(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_p=0.5, **NO_COLOUR)
+    out = augment_view(ramp, policy, 8, gen(0))
+    flipped = out[:, 0, 0, 0] > out[:, 0, 0, -1]
+    assert torch.equal(out[flipped], ramp[flipped].flip(-1)) and torch.equal(out[~flipped], ramp[~flipped])
+    assert abs(flipped.float().mean().item() - 0.5) < 0.04  # ~5 sigma
+
+
+def test_flip_in_affine_path_mirrors_the_crop():
+    x = torch.rand(64, 3, 32, 32, generator=gen(0))
+    base = dict(crop_scale=(0.2, 1.0), **NO_COLOUR)
+    plain = augment_view(x, AugmentPolicy(flip_p=0.0, **base), 32, gen(9))
+    mirrored = augment_view(x, AugmentPolicy(flip_p=1.0, **base), 32, gen(9))  # same boxes
+    torch.testing.assert_close(mirrored, plain.flip(-1), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("op,p,applied", [
+    ("gray_p", 0.2, lambda out, x: (out[:, 0] == out[:, 1]).all(-1).all(-1)),
+    ("solarize_p", 0.3, lambda out, x: (out != x).any(-1).any(-1).any(-1)),
+    ("jitter_p", 0.8, lambda out, x: (out != x).any(-1).any(-1).any(-1)),
+])
+def test_op_rates(op, p, applied):
+    n = 4000
+    x = torch.rand(n, 3, 4, 4, generator=gen(1)) * 0.5 + 0.5  # colourful, >= 0.5 (solarize)
+    kwargs = dict(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_p=0.0, **NO_COLOUR)
+    kwargs[op] = p
+    rate = _rate(AugmentPolicy(**kwargs), x, applied)
+    assert abs(rate - p) < 5 * math.sqrt(p * (1 - p) / n) + 0.005
+
+
+@pytest.mark.parametrize("strength", [0.4, 1.5])
+def test_jitter_factor_range(strength):
+    # Brightness only, always applied, on a flat 0.2 image: out / 0.2 is the factor itself,
+    # uniform in [max(0, 1 - s), 1 + s].
+    x = torch.full((2000, 3, 2, 2), 0.2)
+    policy = AugmentPolicy(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_p=0.0, jitter_p=1.0,
+                           brightness=strength, contrast=0.0, saturation=0.0, hue=0.0, gray_p=0.0)
+    f = augment_view(x, policy, 2, gen(0))[:, 0, 0, 0] / 0.2
+    lo, hi = max(0.0, 1 - strength), 1 + strength
+    assert f.min() >= lo - 1e-5 and f.max() <= hi + 1e-5
+    assert f.min() < lo + 0.02 * (hi - lo) and f.max() > hi - 0.02 * (hi - lo)
+    assert abs(f.mean() - (lo + hi) / 2) < 0.03 * (hi - lo)
+
+
+def test_hue_shift_range():
+    red = torch.zeros(2000, 3, 1, 1)
+    red[:, 0] = 1.0
+    policy = AugmentPolicy(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_p=0.0, jitter_p=1.0,
+                           brightness=0.0, contrast=0.0, saturation=0.0, hue=0.1, gray_p=0.0)
+    out = augment_view(red, policy, 1, gen(0))[:, :, 0, 0]
+    hues = torch.tensor([(colorsys.rgb_to_hsv(*p)[0] + 0.5) % 1 - 0.5 for p in out.tolist()])
+    assert hues.abs().max() <= 0.1 + 1e-5 and hues.min() < -0.09 and hues.max() > 0.09
+
+
+# ------------------------------------------------------------------ crop boxes
+
+
+def _torchvision_style_box(rng, height, width, scale, ratio):
+    """Scalar reference of RandomResizedCrop.get_params, written from its documented semantics."""
+    area = height * width
+    for _ in range(10):
+        target = area * rng.uniform(*scale)
+        r = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
+        w, h = round(math.sqrt(target * r)), round(math.sqrt(target / r))
+        if 0 < w <= width and 0 < h <= height:
+            return rng.randint(0, height - h), rng.randint(0, width - w), h, w
+    return (height - height) // 2, 0, height, width  # square images only in this test
+
+
+def test_crop_box_sampler_ranges_and_distribution():
+    n, scale, ratio = 20000, (0.08, 1.0), (3 / 4, 4 / 3)
+    boxes = sample_crop_boxes(n, 32, 32, scale, ratio, generator=gen(0))
+    top, left, h, w = boxes.unbind(1)
+    assert boxes.dtype == torch.float32 and torch.equal(boxes, boxes.round())
+    assert (top >= 0).all() and (left >= 0).all() and (top + h <= 32).all() and (left + w <= 32).all()
+    frac = h * w / 1024
+    # Rounding w and h to integers moves the area by at most ~(w + h) / 2 pixels.
+    assert frac.min() >= 0.08 - (w + h).max() / 2048 and frac.max() <= 1.0
+    assert ((w / h) >= 3 / 4 * (1 - 2 / 9)).all() and ((w / h) <= 4 / 3 * (1 + 2 / 9)).all()
+    assert frac.min() < 0.1 and frac.max() > 0.95  # spans the range
+    # Same distribution as the scalar reference algorithm (mean and quartiles of the area).
+    rng = random.Random(0)
+    ref = torch.tensor([_torchvision_style_box(rng, 32, 32, scale, ratio) for _ in range(n)],
+                       dtype=torch.float32)
+    ref_frac = ref[:, 2] * ref[:, 3] / 1024
+    q = torch.tensor([0.25, 0.5, 0.75])
+    assert abs(frac.mean() - ref_frac.mean()) < 0.015
+    torch.testing.assert_close(frac.quantile(q), ref_frac.quantile(q), atol=0.03, rtol=0)
+    # Corners are uniform over the valid positions: mean of top / (32 - h) is ~1/2.
+    slack = 32 - h
+    assert abs((top[slack > 0] / slack[slack > 0]).mean() - 0.5) < 0.02
+
+
+def test_crop_box_fallback_is_centre_crop():
+    # No candidate can have area >= 0.9 and w/h >= 2 inside a square: always the fallback.
+    boxes = sample_crop_boxes(5, 32, 32, (0.9, 1.0), (2.0, 3.0), generator=gen(0))
+    assert torch.equal(boxes, torch.tensor([[8.0, 0.0, 16.0, 32.0]]).expand(5, 4))
+    boxes = sample_crop_boxes(3, 40, 24, (1.0, 1.0), (1.0, 1.0), generator=gen(0))
+    assert torch.equal(boxes, torch.tensor([[8.0, 0.0, 24.0, 24.0]]).expand(3, 4))
+
+
+@pytest.mark.parametrize("shape,size", [((6, 3, 32, 32), 32), ((4, 3, 20, 28), 16)])
+def test_resized_crop_flip_equals_crop_then_interpolate(shape, size):
+    x = torch.rand(shape, generator=gen(2))
+    n, _, height, width = shape
+    boxes = sample_crop_boxes(n, height, width, generator=gen(3))
+    flip = torch.arange(n) % 2 == 1
+    out = resized_crop_flip(x, boxes, flip, size)
+    for k in range(n):
+        t, l, h, w = (int(v) for v in boxes[k])
+        ref = F.interpolate(x[k:k + 1, :, t:t + h, l:l + w], size=(size, size), mode="bilinear",
+                            align_corners=False)
+        ref = ref.flip(-1) if flip[k] else ref
+        torch.testing.assert_close(out[k:k + 1], ref, atol=1e-5, rtol=0)
+
+
+# ------------------------------------------------------------------ colour ops
+
+
+def test_brightness_contrast_saturation_formulas():
+    x = torch.rand(3, 3, 5, 5, generator=gen(4))
+    f = torch.tensor([0.6, 1.0, 1.4])
+    fv = f.view(3, 1, 1, 1)
+    gray = 0.299 * x[:, :1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:]
+    torch.testing.assert_close(rgb_to_gray(x), gray)
+    torch.testing.assert_close(adjust_brightness(x, f), (x * fv).clamp(0, 1))
+    m = gray.mean(dim=(1, 2, 3), keepdim=True)
+    torch.testing.assert_close(adjust_contrast(x, f), (fv * x + (1 - fv) * m).clamp(0, 1))
+    torch.testing.assert_close(adjust_saturation(x, f), (fv * x + (1 - fv) * gray).clamp(0, 1))
+    torch.testing.assert_close(solarize(x), torch.where(x >= 0.5, 1 - x, x))
+
+
+def test_hue_matches_colorsys():
+    x = torch.rand(4, 3, 6, 6, generator=gen(5))
+    x[0, :, 0, 0] = 0.5  # grey pixel: hue undefined, must stay grey
+    shift = torch.tensor([0.0, 0.1, -0.25, 0.5])
+    out = adjust_hue(x, shift)
+    ref = torch.empty_like(x)
+    for b in range(4):
+        for i in range(6):
+            for j in range(6):
+                h, s, v = colorsys.rgb_to_hsv(*x[b, :, i, j].tolist())
+                ref[b, :, i, j] = torch.tensor(colorsys.hsv_to_rgb((h + shift[b].item()) % 1, s, v))
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
+    torch.testing.assert_close(out[0], x[0], atol=1e-6, rtol=0)
+
+
+def test_gaussian_blur_matches_direct_convolution():
+    x = torch.rand(3, 3, 12, 12, generator=gen(6))
+    sigma = torch.tensor([0.1, 1.0, 2.0])
+    out = gaussian_blur(x, sigma, radius=4)
+    t = torch.arange(-4, 5, dtype=torch.float32)
+    for b in range(3):
+        k = torch.exp(-t ** 2 / (2 * sigma[b] ** 2))
+        k2 = torch.outer(k, k) / k.sum() ** 2
+        xp = F.pad(x[b:b + 1], (4, 4, 4, 4), mode="reflect")
+        ref = F.conv2d(xp, k2.expand(3, 1, 9, 9), groups=3)
+        torch.testing.assert_close(out[b:b + 1], ref, atol=1e-5, rtol=0)
+    torch.testing.assert_close(out[0], x[0], atol=1e-4, rtol=0)  # sigma 0.1 ~ identity
+    const = torch.full((2, 3, 8, 8), 0.3)
+    torch.testing.assert_close(gaussian_blur(const, torch.tensor([0.5, 2.0])), const)
+
+
+# ------------------------------------------------------------------ CUDA
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu_and_is_deterministic():
+    dev = torch.device("cuda")
+    x = rand_images(16)
+    xc = x.to(dev)
+    # Deterministic pieces agree across devices.
+    x01 = x.float() / 255
+    boxes = sample_crop_boxes(16, 32, 32, generator=gen(0))
+    flip = torch.arange(16) % 2 == 0
+    torch.testing.assert_close(resized_crop_flip(x01.to(dev), boxes.to(dev), flip.to(dev), 32).cpu(),
+                               resized_crop_flip(x01, boxes, flip, 32), atol=1e-5, rtol=0)
+    shift = torch.linspace(-0.2, 0.2, 16)
+    torch.testing.assert_close(adjust_hue(x01.to(dev), shift.to(dev)).cpu(), adjust_hue(x01, shift),
+                               atol=1e-5, rtol=0)
+    sigma = torch.linspace(0.1, 2.0, 16)
+    torch.testing.assert_close(gaussian_blur(x01.to(dev), sigma.to(dev)).cpu(),
+                               gaussian_blur(x01, sigma), atol=1e-5, rtol=0)
+    ident = TwoViewAugment(IDENTITY, IDENTITY, MEAN, STD)
+    torch.testing.assert_close(ident(xc, gen(0, dev))[0].cpu(), ident(x, gen(0))[0], atol=1e-5, rtol=0)
+    # Full pipeline on the device: seeded, in range, on the right device.
+    aug = TwoViewAugment(*policy_pair("symmetric"), MEAN, STD, out_dtype=torch.bfloat16)
+    a1, a2 = aug(xc, gen(7, dev))
+    b1, b2 = aug(xc, gen(7, dev))
+    assert a1.device.type == "cuda" and a1.dtype == torch.bfloat16
+    assert torch.equal(a1, b1) and torch.equal(a2, b2) and torch.isfinite(a1.float()).all()
+    with pytest.raises(ValueError):
+        aug(xc, gen(0))  # CPU generator for a CUDA batch
