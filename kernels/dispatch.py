@@ -2,36 +2,90 @@
 
 Methods call these functions, never a kernel directly. ``backend`` is "torch" or "triton";
 ``resolve_backend("auto", device)`` gives Triton on CUDA and the reference elsewhere.
+
+"triton" on a CPU device is an error unless ``TRITON_INTERPRET=1`` is set, in which case the kernels
+run in Triton's CPU interpreter (correct but very slow: for tests and debugging only). The kernel
+modules are imported lazily, so ``--kernels torch`` never needs Triton.
 """
 from __future__ import annotations
 
 import torch
 
 from fastssl import losses
+from kernels._triton_utils import check_runnable, interpreter_enabled, triton_importable
 
 BACKENDS = ("auto", "triton", "torch")
 
 
 def resolve_backend(mode: str, device: torch.device | str) -> str:
+    """"torch" or "triton" for ``--kernels mode`` on ``device``; raises RuntimeError when "triton" cannot run."""
     if mode not in BACKENDS:
         raise ValueError(f"--kernels must be one of {BACKENDS}, got {mode!r}")
     device = torch.device(device)
+    if mode == "torch":
+        return "torch"
     if mode == "auto":
-        return "torch"  # the Triton backend is wired in by the kernels work (issue 4)
-    if mode == "triton":
-        raise RuntimeError("--kernels triton is not available yet; use --kernels torch")
-    return "torch"
+        use = device.type == "cuda" and triton_importable() and not interpreter_enabled()
+        return "triton" if use else "torch"
+    # mode == "triton": fail now, with a clear message, rather than at the first loss call
+    if not triton_importable():
+        raise RuntimeError("--kernels triton: the `triton` package is not importable; install it or use --kernels torch")
+    if device.type == "cuda":
+        if interpreter_enabled():
+            raise RuntimeError("--kernels triton on CUDA with TRITON_INTERPRET=1 set: the interpreter runs on CPU "
+                               "tensors only; unset TRITON_INTERPRET")
+        return "triton"
+    if device.type == "cpu" and interpreter_enabled():
+        return "triton"
+    raise RuntimeError(f"--kernels triton needs a CUDA device, but the device is {device}. Use --kernels auto or "
+                       "--kernels torch here" + (", or set TRITON_INTERPRET=1 to run the kernels in Triton's (very "
+                                                 "slow) CPU interpreter for testing" if device.type == "cpu" else ""))
+
+
+def _check_backend(backend: str) -> None:
+    if backend not in ("torch", "triton"):
+        raise ValueError(f"backend must be 'torch' or 'triton' (resolve 'auto' with resolve_backend), got {backend!r}")
+
+
+def _tf32_allowed() -> bool:
+    """fp32 similarities use tf32 tensor cores exactly when the user allowed tf32 for fp32 CUDA matmuls
+    (``torch.backends.cuda.matmul.fp32_precision = "tf32"``, ``allow_tf32 = True`` or
+    ``torch.set_float32_matmul_precision("high")``); otherwise true fp32 ("ieee"), like the reference."""
+    matmul = torch.backends.cuda.matmul
+    try:
+        precision = getattr(matmul, "fp32_precision", None)  # the newer API (torch >= 2.9)
+        if precision is not None:
+            return precision == "tf32"
+        return bool(matmul.allow_tf32)
+    except RuntimeError:  # torch refuses to answer when the legacy and new APIs were mixed
+        return False
 
 
 def contrastive_loss(z1, z2, temperature, labels=None, variant="simclr", backend="torch"):
     """NT-Xent ("simclr"), decoupled cross-view ("decoupled") or SupCon (``labels`` given)."""
+    _check_backend(backend)
+    if backend == "triton":
+        check_runnable(z1, z2, labels)
+        from kernels.contrastive import fused_contrastive_loss
+        return fused_contrastive_loss(z1, z2, temperature, labels=labels, variant=variant,
+                                      allow_tf32=_tf32_allowed())
     if labels is not None:
         return losses.supcon_loss(z1, z2, labels, temperature)
     return losses.ntxent_loss(z1, z2, temperature, variant=variant)
 
 
 def reparam_jsd(mu1, logvar1, mu2, logvar2, backend="torch"):
-    """(z1, z2, jsd): both views reparameterised with fresh N(0, I) noise, and their Gaussian JSD."""
+    """(z1, z2, jsd): both views reparameterised with fresh N(0, I) noise, and their Gaussian JSD.
+
+    On the Triton path the noise comes from the kernel's Philox generator; its seed is drawn from torch's
+    default generator, so ``torch.manual_seed`` makes runs reproducible (the noise differs from the
+    reference's ``torch.randn`` stream, it is not the same sample).
+    """
+    _check_backend(backend)
+    if backend == "triton":
+        check_runnable(mu1, logvar1, mu2, logvar2)
+        from kernels.dare import draw_seed, fused_reparam_jsd
+        return fused_reparam_jsd(mu1, logvar1, mu2, logvar2, seed=draw_seed())
     z1 = losses.reparameterize(mu1, logvar1)
     z2 = losses.reparameterize(mu2, logvar2)
     return z1, z2, losses.gaussian_jsd(mu1, logvar1, mu2, logvar2)

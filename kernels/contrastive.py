@@ -1,0 +1,366 @@
+r"""Fused contrastive losses (NT-Xent, decoupled cross-view, SupCon) as flash-style Triton kernels.
+
+Maths (DESIGN.md section 3). Z = [z1; z2] has M = 2N rows, u_k = Z_k / ||Z_k||, s_kl = u_k.u_l / tau,
+p(k) = (k + N) mod M. Every variant has the form
+
+    l_k = lse_k - sum_l Y_kl s_kl,      lse_k = log sum_{l in A(k)} exp(s_kl),      L = (1/M) sum_k l_k
+
+with an allowed set A(k) and positive weights Y (each row of Y sums to one):
+
+    simclr     A(k) = {l != k}                               Y_kl = [l = p(k)]
+    decoupled  A(k) = {l in the other view, l != p(k)}       Y_kl = [l = p(k)]   (the positive is not in A(k))
+    supcon     A(k) = {l != k}                               Y_kl = [l != k, y_l = y_k] / |P(k)|
+
+With P_kl = [l in A(k)] exp(s_kl - lse_k) (the row softmax over A(k)), dL/ds_kl = (P_kl - Y_kl) / M.
+s_kl depends on u_k and on u_l, so
+
+    dL/du_k = 1/(tau M) sum_l (P_kl + P_lk - Y_kl - Y_lk) u_l = 1/(tau M) sum_l (P_kl + P_lk - 2 Y_kl) u_l
+
+because all three masks are symmetric (l in A(k) <=> k in A(l)) and so is Y (p(p(k)) = k; for SupCon
+|P(k)| = 2 #{i : y_i = y_k} - 1 depends only on the label, so |P(k)| = |P(l)| whenever Y_kl != 0).
+P_lk = exp(s_kl - lse_l) needs only the saved per-row lse of the column rows: the backward kernel owns
+a block of rows k, loops over all columns l, and never writes to another program's rows (no atomics).
+Diagonal terms vanish (k is never in A(k) nor a positive of itself).
+
+The L2 normalisation is handled inside the autograd node in PyTorch (O(N d)): u = z r with
+r = 1 / max(||z||, 1e-12) as in ``F.normalize``, so dz = r (du - u (u.du)) (and dz = r du where the
+clamp is active). The kernels see only u, held in the input dtype (fp32, or bf16/fp16 for tensor
+cores) and accumulate in fp32.
+
+Forward kernel: one program per block of BLOCK_M rows; loops over column blocks computing s = u_k u_l^T
+with ``tl.dot``, masks it per variant and keeps an online max / sum-exp; SupCon also accumulates the
+sum and count of positive similarities. Writes per-row loss, lse and (SupCon) |P(k)|. The M x M matrix
+is never stored: extra memory is O(M) besides u (O(M d)).
+
+Precision of ``tl.dot`` on fp32 inputs: "ieee" (true fp32) by default; ``allow_tf32=True`` uses tf32
+tensor cores (about 1e-3 relative error on s). fp16/bf16 inputs always use tensor cores with fp32
+accumulation; the backward multiplies the fp32 weight tile cast to the input dtype with u_l.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Optional
+
+import torch
+
+import triton
+import triton.language as tl
+
+from kernels._triton_utils import check_runnable, interpreter_enabled, lazy_kernel, next_pow2
+
+VARIANTS = {"simclr": 0, "decoupled": 1, "supcon": 2}
+_NORM_EPS = 1e-12  # F.normalize's default eps
+_SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+# ----------------------------------------------------------------------------------------------
+# Triton kernels
+# ----------------------------------------------------------------------------------------------
+
+@lazy_kernel
+def _contrastive_fwd_kernel(
+    U, LABELS, LOSS, LSE, NPOS,
+    n_half, d, stride_u, inv_tau,
+    VARIANT: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    n_rows = 2 * n_half
+    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < n_rows
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < d
+    row_view = (rows >= n_half).to(tl.int32)
+    partner = tl.where(rows < n_half, rows + n_half, rows - n_half)
+
+    u_k = tl.load(U + rows[:, None] * stride_u + offs_d[None, :],
+                  mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+
+    # Column range. The decoupled variant only looks at the other view: when the whole row block lies
+    # in one view, visit that half only (a block straddling the views visits all columns, masked).
+    col_lo = 0
+    col_hi = n_rows
+    if VARIANT == 1:
+        first = pid * BLOCK_M
+        last = tl.minimum(first + BLOCK_M, n_rows) - 1
+        v_first = (first >= n_half).to(tl.int32)
+        v_last = (last >= n_half).to(tl.int32)
+        same = 1 - (v_last - v_first)  # 1 when the block lies in one view
+        col_lo = same * (1 - v_first) * n_half
+        col_hi = col_lo + n_half + (1 - same) * n_half
+
+    if VARIANT == 2:
+        y_k = tl.load(LABELS + (rows % n_half), mask=row_ok, other=0)
+        pos_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
+        pos_cnt = tl.zeros([BLOCK_M], dtype=tl.float32)
+
+    m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    for c0 in range(col_lo, col_hi, BLOCK_N):
+        cols = c0 + tl.arange(0, BLOCK_N)
+        col_ok = cols < col_hi
+        u_lt = tl.load(U + cols[None, :] * stride_u + offs_d[:, None],
+                       mask=d_ok[:, None] & col_ok[None, :], other=0.0)
+        s = tl.dot(u_k, u_lt, input_precision=PRECISION) * inv_tau
+        allowed = col_ok[None, :] & (rows[:, None] != cols[None, :])
+        if VARIANT == 1:
+            col_view = (cols >= n_half).to(tl.int32)
+            allowed = allowed & (row_view[:, None] != col_view[None, :]) & (cols[None, :] != partner[:, None])
+        if VARIANT == 2:
+            y_l = tl.load(LABELS + (cols % n_half), mask=col_ok, other=0)
+            pos = allowed & (y_l[None, :] == y_k[:, None])
+            pos_sum += tl.sum(tl.where(pos, s, 0.0), axis=1)
+            pos_cnt += tl.sum(pos.to(tl.float32), axis=1)
+        s_m = tl.where(allowed, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s_m, axis=1))
+        alpha = tl.exp(m_i - m_new)
+        p = tl.exp(s_m - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        m_i = m_new
+
+    l_i = tl.where(row_ok, l_i, 1.0)
+    lse = m_i + tl.log(l_i)
+    if VARIANT == 2:
+        pos_cnt = tl.where(row_ok, pos_cnt, 1.0)
+        loss = lse - pos_sum / pos_cnt
+        tl.store(NPOS + rows, pos_cnt, mask=row_ok)
+    else:
+        u_p = tl.load(U + partner[:, None] * stride_u + offs_d[None, :],
+                      mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+        s_pos = tl.sum(u_k.to(tl.float32) * u_p.to(tl.float32), axis=1) * inv_tau
+        loss = lse - s_pos
+    tl.store(LOSS + rows, loss, mask=row_ok)
+    tl.store(LSE + rows, lse, mask=row_ok)
+
+
+@lazy_kernel
+def _contrastive_bwd_kernel(
+    U, LABELS, LSE, NPOS, DU,
+    n_half, d, stride_u, stride_du, inv_tau,
+    VARIANT: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """DU_k = sum_l (P_kl + P_lk - 2 Y_kl) u_l for this program's rows k (unscaled by 1/(tau M))."""
+    pid = tl.program_id(0)
+    n_rows = 2 * n_half
+    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < n_rows
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < d
+    row_view = (rows >= n_half).to(tl.int32)
+    partner = tl.where(rows < n_half, rows + n_half, rows - n_half)
+
+    u_k = tl.load(U + rows[:, None] * stride_u + offs_d[None, :],
+                  mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+    lse_k = tl.load(LSE + rows, mask=row_ok, other=0.0)
+
+    col_lo = 0
+    col_hi = n_rows
+    if VARIANT == 1:
+        first = pid * BLOCK_M
+        last = tl.minimum(first + BLOCK_M, n_rows) - 1
+        v_first = (first >= n_half).to(tl.int32)
+        v_last = (last >= n_half).to(tl.int32)
+        same = 1 - (v_last - v_first)
+        col_lo = same * (1 - v_first) * n_half
+        col_hi = col_lo + n_half + (1 - same) * n_half
+
+    if VARIANT == 2:
+        y_k = tl.load(LABELS + (rows % n_half), mask=row_ok, other=0)
+        two_over_cnt = 2.0 / tl.load(NPOS + rows, mask=row_ok, other=1.0)
+
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    for c0 in range(col_lo, col_hi, BLOCK_N):
+        cols = c0 + tl.arange(0, BLOCK_N)
+        col_ok = cols < col_hi
+        u_l = tl.load(U + cols[:, None] * stride_u + offs_d[None, :],
+                      mask=col_ok[:, None] & d_ok[None, :], other=0.0)
+        s = tl.dot(u_k, tl.trans(u_l), input_precision=PRECISION) * inv_tau
+        lse_l = tl.load(LSE + cols, mask=col_ok, other=0.0)
+        allowed = col_ok[None, :] & (rows[:, None] != cols[None, :])
+        if VARIANT == 1:
+            col_view = (cols >= n_half).to(tl.int32)
+            allowed = allowed & (row_view[:, None] != col_view[None, :]) & (cols[None, :] != partner[:, None])
+        s_m = tl.where(allowed, s, float("-inf"))
+        g = tl.exp(s_m - lse_k[:, None]) + tl.exp(s_m - lse_l[None, :])
+        if VARIANT == 2:
+            y_l = tl.load(LABELS + (cols % n_half), mask=col_ok, other=0)
+            pos = allowed & (y_l[None, :] == y_k[:, None])
+            g = g - tl.where(pos, two_over_cnt[:, None], 0.0)
+        else:
+            g = g - tl.where(cols[None, :] == partner[:, None], 2.0, 0.0)
+        acc += tl.dot(g.to(u_l.dtype), u_l, input_precision=PRECISION)
+
+    tl.store(DU + rows[:, None] * stride_du + offs_d[None, :], acc, mask=row_ok[:, None] & d_ok[None, :])
+
+
+# ----------------------------------------------------------------------------------------------
+# Launch configuration
+# ----------------------------------------------------------------------------------------------
+
+_block_override: Optional[tuple[int, int]] = None
+
+
+@contextlib.contextmanager
+def block_sizes(block_m: int, block_n: int):
+    """Force (BLOCK_M, BLOCK_N) for launches inside the context (tests use it to exercise tiling)."""
+    global _block_override
+    previous, _block_override = _block_override, (int(block_m), int(block_n))
+    try:
+        yield
+    finally:
+        _block_override = previous
+
+
+def launch_config(d: int, dtype: torch.dtype, allow_tf32: bool, interpret: bool) -> dict:
+    """Block sizes and warps. GPU values are reasoned defaults for sm_80/sm_90, not autotuned."""
+    block_d = max(16, next_pow2(d))
+    if interpret:
+        bm, bn, warps = 64, 64, 4  # few, large programs: the interpreter's cost is per op, not per element
+    elif dtype != torch.float32 or allow_tf32:  # tensor cores (wgmma on sm_90 needs a 64-row multiple)
+        if block_d <= 64:
+            bm, bn, warps = 128, 64, 4
+        elif block_d <= 128:
+            bm, bn, warps = 128, 64, 8
+        elif block_d <= 256:
+            bm, bn, warps = 64, 64, 8
+        else:
+            bm, bn, warps = 64, 32, 8
+        if dtype == torch.float32 and block_d > 64:
+            bn = 32  # fp32 operands are twice as large
+    else:  # "ieee" fp32: FMA path, register bound
+        if block_d <= 128:
+            bm, bn, warps = 64, 64, 4
+        elif block_d <= 256:
+            bm, bn, warps = 64, 32, 8
+        else:
+            bm, bn, warps = 32, 16, 8
+    if _block_override is not None:
+        bm, bn = _block_override
+    return dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=block_d, num_warps=warps, num_stages=2)
+
+
+def _precision(dtype: torch.dtype, allow_tf32: bool) -> str:
+    return "tf32" if (allow_tf32 or dtype != torch.float32) else "ieee"
+
+
+def _check_inputs(z1, z2, labels, temperature, variant) -> None:
+    if z1.dim() != 2 or z1.shape != z2.shape:
+        raise ValueError(f"z1 and z2 must be (N, d) of one shape, got {tuple(z1.shape)} and {tuple(z2.shape)}")
+    if z1.dtype != z2.dtype or z1.dtype not in _SUPPORTED_DTYPES:
+        raise TypeError(f"fused contrastive loss supports float32/bfloat16/float16 inputs of one dtype, "
+                        f"got {z1.dtype} and {z2.dtype}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    n, d = z1.shape
+    if n < 1 or d < 1:
+        raise ValueError(f"need N >= 1 and d >= 1, got {tuple(z1.shape)}")
+    if variant == VARIANTS["decoupled"] and n < 2:
+        raise ValueError("the decoupled variant needs N >= 2 (its denominator is empty for N = 1)")
+    if variant == VARIANTS["supcon"]:
+        if labels is None or labels.shape != (n,):
+            raise ValueError(f"labels must have shape ({n},), got {None if labels is None else tuple(labels.shape)}")
+        if labels.dtype.is_floating_point or labels.dtype == torch.bool:
+            raise TypeError(f"labels must be an integer tensor, got {labels.dtype}")
+    if 2 * n * max(d, 16) >= 2**31:
+        raise ValueError("2N * d must stay below 2**31 (32-bit offsets)")
+
+
+# ----------------------------------------------------------------------------------------------
+# Custom ops (opaque to torch.compile) and their autograd
+# ----------------------------------------------------------------------------------------------
+
+@torch.library.custom_op("fastssl::contrastive_fwd", mutates_args=())
+def contrastive_fwd(z1: torch.Tensor, z2: torch.Tensor, labels: Optional[torch.Tensor], temperature: float,
+                    variant: int, allow_tf32: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                             torch.Tensor, torch.Tensor]:
+    """Returns (loss fp32 scalar, u (2N, d) in the input dtype, rnorm (2N,), lse (2N,), npos (2N,))."""
+    _check_inputs(z1, z2, labels, temperature, variant)
+    check_runnable(z1, z2, labels)
+    n, d = z1.shape
+    z = torch.cat([z1, z2]).float()
+    rnorm = 1.0 / torch.linalg.vector_norm(z, dim=1).clamp_min(_NORM_EPS)
+    u = (z * rnorm[:, None]).to(z1.dtype).contiguous()
+    loss_rows = torch.empty(2 * n, device=z1.device, dtype=torch.float32)
+    lse = torch.empty_like(loss_rows)
+    npos = torch.ones_like(loss_rows)
+    lab = labels.contiguous() if labels is not None else u  # placeholder pointer when unused
+    cfg = launch_config(d, z1.dtype, allow_tf32, interpreter_enabled())
+    grid = (triton.cdiv(2 * n, cfg["BLOCK_M"]),)
+    _contrastive_fwd_kernel[grid](u, lab, loss_rows, lse, npos, n, d, u.stride(0), 1.0 / temperature,
+                                  VARIANT=variant, PRECISION=_precision(z1.dtype, allow_tf32), **cfg)
+    return loss_rows.mean(), u, rnorm, lse, npos
+
+
+@contrastive_fwd.register_fake
+def _(z1, z2, labels, temperature, variant, allow_tf32):
+    m, d = 2 * z1.shape[0], z1.shape[1]
+    f32 = dict(device=z1.device, dtype=torch.float32)
+    return (z1.new_empty((), dtype=torch.float32), z1.new_empty((m, d)), z1.new_empty((m,), **f32),
+            z1.new_empty((m,), **f32), z1.new_empty((m,), **f32))
+
+
+@torch.library.custom_op("fastssl::contrastive_bwd", mutates_args=())
+def contrastive_bwd(u: torch.Tensor, labels: Optional[torch.Tensor], lse: torch.Tensor, npos: torch.Tensor,
+                    temperature: float, variant: int, allow_tf32: bool) -> torch.Tensor:
+    """sum_l (P_kl + P_lk - 2 Y_kl) u_l for every row k, fp32 (2N, d); the caller scales by 1/(tau 2N)."""
+    check_runnable(u, labels, lse, npos)
+    m, d = u.shape
+    du = torch.empty((m, d), device=u.device, dtype=torch.float32)
+    lab = labels.contiguous() if labels is not None else u
+    cfg = launch_config(d, u.dtype, allow_tf32, interpreter_enabled())
+    grid = (triton.cdiv(m, cfg["BLOCK_M"]),)
+    _contrastive_bwd_kernel[grid](u, lab, lse, npos, du, m // 2, d, u.stride(0), du.stride(0), 1.0 / temperature,
+                                  VARIANT=variant, PRECISION=_precision(u.dtype, allow_tf32), **cfg)
+    return du
+
+
+@contrastive_bwd.register_fake
+def _(u, labels, lse, npos, temperature, variant, allow_tf32):
+    return u.new_empty(u.shape, dtype=torch.float32)
+
+
+def _setup_context(ctx, inputs, output):
+    z1, z2, labels, temperature, variant, allow_tf32 = inputs
+    _, u, rnorm, lse, npos = output
+    ctx.save_for_backward(u, rnorm, lse, npos, labels)
+    ctx.temperature, ctx.variant, ctx.allow_tf32 = temperature, variant, allow_tf32
+    ctx.dtypes = (z1.dtype, z2.dtype)
+    ctx.mark_non_differentiable(u, rnorm, lse, npos)
+
+
+def _backward(ctx, g_loss, g_u, g_rnorm, g_lse, g_npos):
+    u, rnorm, lse, npos, labels = ctx.saved_tensors
+    m = u.shape[0]
+    du = torch.ops.fastssl.contrastive_bwd(u, labels, lse, npos, ctx.temperature, ctx.variant, ctx.allow_tf32)
+    du = du * (g_loss.float() / (ctx.temperature * m))
+    # back through u = z * rnorm, rnorm = 1 / max(||z||, eps)
+    uf = u.float()
+    clamped = (rnorm >= 1.0 / _NORM_EPS)[:, None]
+    dz = torch.where(clamped, du, du - uf * (uf * du).sum(dim=1, keepdim=True)) * rnorm[:, None]
+    n = m // 2
+    return dz[:n].to(ctx.dtypes[0]), dz[n:].to(ctx.dtypes[1]), None, None, None, None
+
+
+contrastive_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ----------------------------------------------------------------------------------------------
+# Public API
+# ----------------------------------------------------------------------------------------------
+
+def fused_contrastive_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float,
+                           labels: Optional[torch.Tensor] = None, variant: str = "simclr",
+                           allow_tf32: bool = False) -> torch.Tensor:
+    """Drop-in fused replacement of ``ntxent_loss`` (variant "simclr"/"decoupled") and ``supcon_loss``
+    (``labels`` given; ``variant`` is then ignored). Returns an fp32 scalar; gradients flow to z1, z2.
+
+    ``allow_tf32`` lets an fp32 similarity run on tf32 tensor cores (GPU only; ~1e-3 relative error).
+    """
+    if labels is not None:
+        code = VARIANTS["supcon"]
+    elif variant in ("simclr", "decoupled"):
+        code = VARIANTS[variant]
+    else:
+        raise ValueError(f"variant must be 'simclr' or 'decoupled' (or pass labels for SupCon), got {variant!r}")
+    return torch.ops.fastssl.contrastive_fwd(z1, z2, labels, float(temperature), code, bool(allow_tf32))[0]

@@ -1,0 +1,234 @@
+r"""Fused DARe step: reparameterise both views and compute their Gaussian JSD in one pass.
+
+Per element (a = logvar1, b = logvar2, s = exp(logvar), delta = mu1 - mu2)::
+
+    z1 = mu1 + exp(a/2) eps1,   z2 = mu2 + exp(b/2) eps2
+    lv = ln((s1 + s2)/2) = max(a, b) + ln(1 + exp(-|a - b|)) - ln 2
+    J  = delta^2 exp(-lv) / 8 + lv / 2 - (a + b) / 4          jsd = (1/N) sum_rows sum_dims J
+
+Gradients, with w1 = s1/(s1 + s2) = dlv/da, w2 = 1 - w1 = dlv/db and gJ = dL/djsd / N::
+
+    dmu1 = gz1 + gJ delta exp(-lv) / 4                    dmu2 = gz2 - gJ delta exp(-lv) / 4
+    da   = gz1 eps1 exp(a/2) / 2 + gJ ((1/2 - delta^2 exp(-lv)/8) w1 - 1/4)
+    db   = gz2 eps2 exp(b/2) / 2 + gJ ((1/2 - delta^2 exp(-lv)/8) w2 - 1/4)
+
+Noise: with a ``seed`` the kernel draws eps from Triton's counter-based Philox generator
+(``tl.randn(seed, offset)``, offset = flat element index for view 1 and N d + index for view 2); the
+backward kernel regenerates exactly the same eps from (seed, offset), so eps is never stored. With
+explicit ``eps1``/``eps2`` the kernel reads them instead (for exact comparison with ``reparameterize``).
+Inputs may be fp32/bf16/fp16; all arithmetic is fp32; z has the input dtype, jsd is an fp32 scalar.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+import triton
+import triton.language as tl
+
+from kernels._triton_utils import check_runnable, interpreter_enabled, lazy_kernel, next_pow2
+
+_SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_LN2 = 0.6931471805599453
+
+
+@lazy_kernel
+def _reparam_jsd_fwd_kernel(
+    MU1, LV1, MU2, LV2, EPS1, EPS2, Z1, Z2, JSD_ROWS,
+    n, d, seed,
+    HAS_EPS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    rows = pid * BLOCK_R + tl.arange(0, BLOCK_R)
+    row_ok = rows < n
+    acc = tl.zeros([BLOCK_R], dtype=tl.float32)
+    for c0 in range(0, d, BLOCK_D):
+        cols = c0 + tl.arange(0, BLOCK_D)
+        mask = row_ok[:, None] & (cols < d)[None, :]
+        offs = rows[:, None] * d + cols[None, :]
+        mu1 = tl.load(MU1 + offs, mask=mask, other=0.0).to(tl.float32)
+        lv1 = tl.load(LV1 + offs, mask=mask, other=0.0).to(tl.float32)
+        mu2 = tl.load(MU2 + offs, mask=mask, other=0.0).to(tl.float32)
+        lv2 = tl.load(LV2 + offs, mask=mask, other=0.0).to(tl.float32)
+        if HAS_EPS:
+            e1 = tl.load(EPS1 + offs, mask=mask, other=0.0).to(tl.float32)
+            e2 = tl.load(EPS2 + offs, mask=mask, other=0.0).to(tl.float32)
+        else:
+            e1 = tl.randn(seed, offs)
+            e2 = tl.randn(seed, offs + n * d)
+        z1 = mu1 + tl.exp(0.5 * lv1) * e1
+        z2 = mu2 + tl.exp(0.5 * lv2) * e2
+        tl.store(Z1 + offs, z1.to(Z1.dtype.element_ty), mask=mask)
+        tl.store(Z2 + offs, z2.to(Z2.dtype.element_ty), mask=mask)
+        delta = mu1 - mu2
+        log_v = tl.maximum(lv1, lv2) + tl.log(1.0 + tl.exp(-tl.abs(lv1 - lv2))) - _LN2
+        per_dim = delta * delta * tl.exp(-log_v) * 0.125 + 0.5 * log_v - 0.25 * (lv1 + lv2)
+        acc += tl.sum(tl.where(mask, per_dim, 0.0), axis=1)
+    tl.store(JSD_ROWS + rows, acc, mask=row_ok)
+
+
+@lazy_kernel
+def _reparam_jsd_bwd_kernel(
+    MU1, LV1, MU2, LV2, EPS1, EPS2, GZ1, GZ2, GJSD,
+    DMU1, DLV1, DMU2, DLV2,
+    n, d, seed,
+    HAS_EPS: tl.constexpr, HAS_GZ1: tl.constexpr, HAS_GZ2: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    rows = pid * BLOCK_R + tl.arange(0, BLOCK_R)
+    row_ok = rows < n
+    g_j = tl.load(GJSD).to(tl.float32)  # dL/djsd / N, read on the device: no host sync
+    for c0 in range(0, d, BLOCK_D):
+        cols = c0 + tl.arange(0, BLOCK_D)
+        mask = row_ok[:, None] & (cols < d)[None, :]
+        offs = rows[:, None] * d + cols[None, :]
+        mu1 = tl.load(MU1 + offs, mask=mask, other=0.0).to(tl.float32)
+        lv1 = tl.load(LV1 + offs, mask=mask, other=0.0).to(tl.float32)
+        mu2 = tl.load(MU2 + offs, mask=mask, other=0.0).to(tl.float32)
+        lv2 = tl.load(LV2 + offs, mask=mask, other=0.0).to(tl.float32)
+        delta = mu1 - mu2
+        diff = lv1 - lv2
+        log_v = tl.maximum(lv1, lv2) + tl.log(1.0 + tl.exp(-tl.abs(diff))) - _LN2
+        inv_v = tl.exp(-log_v)
+        w1 = 1.0 / (1.0 + tl.exp(-diff))  # s1 / (s1 + s2)
+        common = 0.5 - delta * delta * inv_v * 0.125
+        dmu1 = g_j * (0.25 * delta * inv_v)
+        dmu2 = -dmu1
+        dlv1 = g_j * (common * w1 - 0.25)
+        dlv2 = g_j * (common * (1.0 - w1) - 0.25)
+        if HAS_GZ1 or HAS_GZ2:
+            if HAS_EPS:
+                e1 = tl.load(EPS1 + offs, mask=mask, other=0.0).to(tl.float32)
+                e2 = tl.load(EPS2 + offs, mask=mask, other=0.0).to(tl.float32)
+            else:
+                e1 = tl.randn(seed, offs)
+                e2 = tl.randn(seed, offs + n * d)
+        if HAS_GZ1:
+            gz1 = tl.load(GZ1 + offs, mask=mask, other=0.0).to(tl.float32)
+            dmu1 += gz1
+            dlv1 += 0.5 * gz1 * e1 * tl.exp(0.5 * lv1)
+        if HAS_GZ2:
+            gz2 = tl.load(GZ2 + offs, mask=mask, other=0.0).to(tl.float32)
+            dmu2 += gz2
+            dlv2 += 0.5 * gz2 * e2 * tl.exp(0.5 * lv2)
+        tl.store(DMU1 + offs, dmu1.to(DMU1.dtype.element_ty), mask=mask)
+        tl.store(DLV1 + offs, dlv1.to(DLV1.dtype.element_ty), mask=mask)
+        tl.store(DMU2 + offs, dmu2.to(DMU2.dtype.element_ty), mask=mask)
+        tl.store(DLV2 + offs, dlv2.to(DLV2.dtype.element_ty), mask=mask)
+
+
+def launch_config(n: int, d: int, interpret: bool) -> dict:
+    block_d = min(max(16, next_pow2(d)), 64 if interpret else 128)
+    block_r = max(1, (2048 if interpret else 1024) // block_d)
+    block_r = min(block_r, max(1, next_pow2(n)))
+    return dict(BLOCK_R=block_r, BLOCK_D=block_d, num_warps=4)
+
+
+def _check(mu1, logvar1, mu2, logvar2, eps1, eps2, seed):
+    shape = mu1.shape
+    if mu1.dim() != 2 or any(t.shape != shape for t in (logvar1, mu2, logvar2)):
+        raise ValueError("mu1, logvar1, mu2, logvar2 must all be (N, d) of one shape, got "
+                         f"{[tuple(t.shape) for t in (mu1, logvar1, mu2, logvar2)]}")
+    if any(t.dtype != mu1.dtype for t in (logvar1, mu2, logvar2)) or mu1.dtype not in _SUPPORTED_DTYPES:
+        raise TypeError("fused_reparam_jsd supports float32/bfloat16/float16 inputs of one dtype")
+    if (eps1 is None) != (eps2 is None):
+        raise ValueError("pass both eps1 and eps2, or neither")
+    if eps1 is not None and (eps1.shape != shape or eps2.shape != shape):
+        raise ValueError("eps1 and eps2 must have the shape of mu1")
+    if eps1 is None and not 0 <= seed < 2**63:
+        raise ValueError(f"seed must be in [0, 2**63), got {seed}")
+    if 2 * mu1.numel() >= 2**31:
+        raise ValueError("2 N d must stay below 2**31 (32-bit Philox offsets)")
+
+
+@torch.library.custom_op("fastssl::reparam_jsd_fwd", mutates_args=())
+def reparam_jsd_fwd(mu1: torch.Tensor, logvar1: torch.Tensor, mu2: torch.Tensor, logvar2: torch.Tensor,
+                    eps1: Optional[torch.Tensor], eps2: Optional[torch.Tensor],
+                    seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(z1, z2, jsd): eps from (eps1, eps2) when given, else from Philox(seed)."""
+    _check(mu1, logvar1, mu2, logvar2, eps1, eps2, seed)
+    check_runnable(mu1, logvar1, mu2, logvar2, eps1, eps2)
+    mu1, logvar1, mu2, logvar2 = (t.contiguous() for t in (mu1, logvar1, mu2, logvar2))
+    has_eps = eps1 is not None
+    e1, e2 = (eps1.contiguous(), eps2.contiguous()) if has_eps else (mu1, mu2)
+    n, d = mu1.shape
+    z1, z2 = torch.empty_like(mu1), torch.empty_like(mu2)
+    rows = torch.empty(n, device=mu1.device, dtype=torch.float32)
+    cfg = launch_config(n, d, interpreter_enabled())
+    grid = (triton.cdiv(n, cfg["BLOCK_R"]),)
+    _reparam_jsd_fwd_kernel[grid](mu1, logvar1, mu2, logvar2, e1, e2, z1, z2, rows, n, d,
+                                  seed if not has_eps else 0, HAS_EPS=has_eps, **cfg)
+    return z1, z2, rows.mean()
+
+
+@reparam_jsd_fwd.register_fake
+def _(mu1, logvar1, mu2, logvar2, eps1, eps2, seed):
+    return torch.empty_like(mu1), torch.empty_like(mu2), mu1.new_empty((), dtype=torch.float32)
+
+
+@torch.library.custom_op("fastssl::reparam_jsd_bwd", mutates_args=())
+def reparam_jsd_bwd(mu1: torch.Tensor, logvar1: torch.Tensor, mu2: torch.Tensor, logvar2: torch.Tensor,
+                    eps1: Optional[torch.Tensor], eps2: Optional[torch.Tensor], seed: int,
+                    g_z1: Optional[torch.Tensor], g_z2: Optional[torch.Tensor],
+                    g_jsd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients (dmu1, dlogvar1, dmu2, dlogvar2); eps regenerated from seed unless given."""
+    check_runnable(mu1, logvar1, mu2, logvar2, eps1, eps2, g_z1, g_z2, g_jsd)
+    mu1, logvar1, mu2, logvar2 = (t.contiguous() for t in (mu1, logvar1, mu2, logvar2))
+    has_eps = eps1 is not None
+    e1, e2 = (eps1.contiguous(), eps2.contiguous()) if has_eps else (mu1, mu2)
+    n, d = mu1.shape
+    gz1 = g_z1.contiguous() if g_z1 is not None else mu1
+    gz2 = g_z2.contiguous() if g_z2 is not None else mu2
+    g_j = (g_jsd.float() / n).reshape(1)
+    outs = [torch.empty_like(t) for t in (mu1, logvar1, mu2, logvar2)]
+    cfg = launch_config(n, d, interpreter_enabled())
+    grid = (triton.cdiv(n, cfg["BLOCK_R"]),)
+    _reparam_jsd_bwd_kernel[grid](mu1, logvar1, mu2, logvar2, e1, e2, gz1, gz2, g_j, *outs, n, d,
+                                  seed if not has_eps else 0, HAS_EPS=has_eps, HAS_GZ1=g_z1 is not None,
+                                  HAS_GZ2=g_z2 is not None, **cfg)
+    return tuple(outs)
+
+
+@reparam_jsd_bwd.register_fake
+def _(mu1, logvar1, mu2, logvar2, eps1, eps2, seed, g_z1, g_z2, g_jsd):
+    return tuple(torch.empty_like(t) for t in (mu1, logvar1, mu2, logvar2))
+
+
+def _setup_context(ctx, inputs, output):
+    mu1, logvar1, mu2, logvar2, eps1, eps2, seed = inputs
+    ctx.save_for_backward(mu1, logvar1, mu2, logvar2, eps1, eps2)
+    ctx.seed = seed
+
+
+def _backward(ctx, g_z1, g_z2, g_jsd):
+    mu1, logvar1, mu2, logvar2, eps1, eps2 = ctx.saved_tensors
+    if g_jsd is None:
+        g_jsd = torch.zeros((), device=mu1.device, dtype=torch.float32)
+    dmu1, dlv1, dmu2, dlv2 = torch.ops.fastssl.reparam_jsd_bwd(mu1, logvar1, mu2, logvar2, eps1, eps2, ctx.seed,
+                                                               g_z1, g_z2, g_jsd)
+    return dmu1, dlv1, dmu2, dlv2, None, None, None
+
+
+reparam_jsd_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+def draw_seed() -> int:
+    """A kernel seed from torch's default (CPU) generator: ``torch.manual_seed`` makes it reproducible."""
+    return int(torch.randint(0, 2**31 - 1, (1,), dtype=torch.int64).item())
+
+
+def fused_reparam_jsd(mu1: torch.Tensor, logvar1: torch.Tensor, mu2: torch.Tensor, logvar2: torch.Tensor,
+                      seed: Optional[int] = None, eps1: Optional[torch.Tensor] = None,
+                      eps2: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Fused ``(reparameterize(mu1, logvar1), reparameterize(mu2, logvar2), gaussian_jsd(...))``.
+
+    Give explicit ``eps1``/``eps2`` for a deterministic match with the reference, or a ``seed`` for
+    in-kernel Philox noise (same seed -> same noise); with neither, a seed is drawn from torch's RNG.
+    The eps tensors get no gradient. jsd is an fp32 scalar.
+    """
+    if eps1 is None and eps2 is None and seed is None:
+        seed = draw_seed()
+    return torch.ops.fastssl.reparam_jsd_fwd(mu1, logvar1, mu2, logvar2, eps1, eps2,
+                                             int(seed) if seed is not None else 0)
