@@ -1,0 +1,19 @@
+"""CIFAR data preparation for fastssl.
+
+Reads CIFAR-10/100 from the official python archives or from image-folder trees (directories or
+tar archives of JPEG/PNG files), validates it, and caches canonical arrays: uint8 (N, 32, 32, 3)
+RGB images and int64 labels. Typical use::
+
+    from data_prep import load_dataset, DataError
+    ds = load_dataset("cifar10", data="/path/to/cifar-10-python.tar.gz")
+    ds.train_x, ds.train_y, ds.classes, ds.mean, ds.std
+
+Command line: ``python -m data_prep --dataset cifar10 --data PATH``.
+"""
+
+from .dataset import Dataset
+from .errors import DataError
+from .load import load_dataset
+from .specs import DATASETS
+
+__all__ = ["DATASETS", "DataError", "Dataset", "load_dataset"]

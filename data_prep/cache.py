@@ -1,0 +1,146 @@
+"""On-disk cache of canonical arrays, one uncompressed .npz per (dataset, source fingerprint).
+
+Layout::
+
+    <cache dir>/                  --cache-dir, else $FASTSSL_CACHE, else ~/.cache/fastssl
+        cifar10/<key>.npz         key = sha256("v1|cifar10|<fingerprint>")[:20]
+        cifar100/<key>.npz
+        downloads/cifar-10-python.tar.gz    official archives fetched by download.py
+
+Each .npz holds train_x, train_y, test_x, test_y, classes, name, source, fingerprint, mean, std.
+It is written to a temporary file in the same folder and renamed into place (``os.replace``), so
+a reader never sees a half-written file. A file that fails to load or validate is reported,
+deleted and rebuilt. Nothing is ever written next to the data source.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from .dataset import Dataset
+from .errors import DataError
+from .specs import DatasetSpec
+
+CACHE_VERSION = 1
+CACHE_ENV = "FASTSSL_CACHE"
+
+
+def note(msg: str, verbose: bool) -> None:
+    """Print a progress note to stderr when ``verbose``."""
+    if verbose:
+        print(f"data_prep: {msg}", file=sys.stderr)
+
+
+def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """The cache directory: the argument, else ``$FASTSSL_CACHE``, else ``~/.cache/fastssl``."""
+    if cache_dir is None:
+        cache_dir = os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "fastssl"
+    return Path(cache_dir).expanduser()
+
+
+def cache_file(root: Path, spec: DatasetSpec, source_fingerprint: str) -> Path:
+    key = hashlib.sha256(f"v{CACHE_VERSION}|{spec.name}|{source_fingerprint}".encode())
+    return root / spec.name / f"{key.hexdigest()[:20]}.npz"
+
+
+def load_cached(path: Path, spec: DatasetSpec, verbose: bool = True) -> Dataset | None:
+    """The Dataset stored at ``path``; None if absent, or if corrupt (then the file is removed)."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if int(z["version"]) != CACHE_VERSION or str(z["name"]) != spec.name:
+                raise ValueError("written for another dataset or format version")
+            ds = Dataset(
+                name=spec.name,
+                train_x=z["train_x"],
+                train_y=z["train_y"],
+                test_x=z["test_x"],
+                test_y=z["test_y"],
+                classes=[str(c) for c in z["classes"]],
+                source=str(z["source"]),
+                cache_path=path,
+            )
+            stats = tuple(map(float, z["mean"])), tuple(map(float, z["std"]))
+        ds.validate(spec.num_classes)
+    except (OSError, EOFError, ValueError, KeyError, TypeError, zipfile.BadZipFile, DataError) as exc:
+        note(f"ignoring unreadable cache file {path} ({type(exc).__name__}: {exc}); rebuilding", True)
+        try:
+            path.unlink()
+        except OSError:
+            pass
+        return None
+    ds.__dict__["_train_stats"] = stats  # pre-fill Dataset.mean/std (a cached_property)
+    return ds
+
+
+def newest_cached(root: Path, spec: DatasetSpec, verbose: bool = True) -> Dataset | None:
+    """The most recently written valid cache of ``spec`` in ``root``, or None."""
+    folder = root / spec.name
+    if not folder.is_dir():
+        return None
+    def mtime(p: Path) -> int:
+        try:
+            return p.stat().st_mtime_ns
+        except OSError:  # removed meanwhile by another process
+            return -1
+
+    files = sorted(folder.glob("*.npz"), key=mtime, reverse=True)
+    for path in files:
+        ds = load_cached(path, spec, verbose)
+        if ds is not None:
+            return ds
+    return None
+
+
+def save_cached(path: Path, ds: Dataset, fingerprint: str, verbose: bool = True) -> bool:
+    """Write ``ds`` to ``path`` atomically; on success set ``ds.cache_path``.
+
+    A failure to write (read-only or full disk) is reported and returns False: the data was read
+    fine, only the next load will be slower.
+    """
+    tmp_name = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(
+            dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp", delete=False
+        ) as f:
+            tmp_name = f.name
+            np.savez(
+                f,
+                version=np.int64(CACHE_VERSION),
+                name=np.str_(ds.name),
+                source=np.str_(ds.source),
+                fingerprint=np.str_(fingerprint),
+                classes=np.array(ds.classes, dtype=np.str_),
+                train_x=ds.train_x,
+                train_y=ds.train_y,
+                test_x=ds.test_x,
+                test_y=ds.test_y,
+                mean=np.array(ds.mean, dtype=np.float64),
+                std=np.array(ds.std, dtype=np.float64),
+            )
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp_name, 0o644)  # temp files are created 0600; a cache is ordinary data
+        os.replace(tmp_name, path)
+        tmp_name = None
+    except OSError as exc:
+        note(f"could not write cache {path} ({exc}); continuing without it", verbose=True)
+        return False
+    finally:
+        if tmp_name is not None:
+            try:
+                os.unlink(tmp_name)
+            except OSError:
+                pass
+    ds.cache_path = path
+    note(f"cached {ds.name} arrays in {path}", verbose)
+    return True
