@@ -10,6 +10,7 @@ gives the compiler's ``JITFunction`` (used for ahead-of-time compilation checks)
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -80,7 +81,55 @@ class LazyKernel:
         return self._interpreted
 
     def __getitem__(self, grid):
-        return (self.interpreted if interpreter_enabled() else self.jit)[grid]
+        if not interpreter_enabled():
+            return self.jit[grid]
+        launcher = self.interpreted[grid]
+
+        def launch(*args, **kwargs):
+            with _interpreted_jit_calls():
+                return launcher(*args, **kwargs)
+        return launch
+
+
+_interpreted_cache: dict = {}
+
+
+def _call_interpreted(jit_function, *args, **kwargs):
+    from triton.runtime.interpreter import InterpretedFunction
+    fn = _interpreted_cache.get(jit_function.fn)
+    if fn is None:
+        fn = _interpreted_cache[jit_function.fn] = InterpretedFunction(jit_function.fn)
+    return fn(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def _interpreted_jit_calls():
+    """Let an interpreted kernel call Triton's own ``@triton.jit`` library functions (``tl.sum``,
+    ``tl.zeros``, ``tl.randn``, ...) even when triton was imported without TRITON_INTERPRET=1: those were
+    made compiler-only ``JITFunction`` objects at import, whose ``__call__`` refuses to run. For the
+    duration of an interpreted launch they run through the interpreter instead, and the language
+    attributes the interpreter patches are restored afterwards so later GPU/AOT compilation is unaffected.
+    """
+    import triton.language as tl
+    from triton.runtime.jit import JITFunction
+
+    modules = [tl, tl.core, tl.math, tl.standard, tl.random]
+    classes = [tl.core.tensor]
+    saved = [(m, dict(vars(m))) for m in modules + classes]
+    original_call = JITFunction.__call__
+    JITFunction.__call__ = _call_interpreted
+    try:
+        yield
+    finally:
+        JITFunction.__call__ = original_call
+        for obj, before in saved:
+            now = vars(obj)  # names the interpreter added (its rewritten functions' globals) stay
+            for name, value in before.items():
+                if now.get(name, _MISSING) is not value:
+                    setattr(obj, name, value)
+
+
+_MISSING = object()
 
 
 def lazy_kernel(fn) -> LazyKernel:

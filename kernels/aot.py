@@ -1,0 +1,123 @@
+"""Ahead-of-time compilation of every kernel for a GPU target, without a GPU.
+
+The Triton interpreter accepts programs that the GPU compiler rejects (shapes under 16 for ``tl.dot``,
+some dtype mixes, ...), so CPU-only tests also compile each kernel for sm_90 (H100) through the real
+compiler pipeline (TTIR -> TTGIR -> LLVM -> PTX -> cubin with the bundled ptxas) and inspect the result.
+
+    python -m kernels.aot            # prints a table: PTX/cubin sizes, registers, spills, wgmma use
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import tempfile
+
+import torch
+
+from kernels import contrastive, dare
+
+_DTYPE_STR = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+def _signature(kernel, pointers: dict, scalars: dict) -> dict:
+    sig = {}
+    for name in kernel.jit.arg_names:
+        sig[name] = pointers.get(name) or scalars.get(name) or "constexpr"
+    return sig
+
+
+def contrastive_specs(dtype: torch.dtype, d: int = 128, variant: str = "simclr", allow_tf32: bool = False):
+    """(kernel, signature, constexprs, options) for the forward and backward contrastive kernels as launched
+    on a GPU for inputs of ``dtype`` and width ``d``."""
+    cfg = contrastive.launch_config(d, dtype, allow_tf32, interpret=False)
+    t = _DTYPE_STR[dtype]
+    const = dict(VARIANT=contrastive.VARIANTS[variant], PRECISION=contrastive._precision(dtype, allow_tf32),
+                 BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_D=cfg["BLOCK_D"])
+    options = dict(num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    scalars = dict(n_half="i32", d="i32", stride_u="i32", stride_du="i32", inv_tau="fp32")
+    pointers = dict(U=f"*{t}", LABELS="*i64", LOSS="*fp32", LSE="*fp32", NPOS="*fp32", DU="*fp32")
+    return [(k, _signature(k, pointers, scalars), const, options)
+            for k in (contrastive._contrastive_fwd_kernel, contrastive._contrastive_bwd_kernel)]
+
+
+def dare_specs(dtype: torch.dtype, d: int = 128, n: int = 512, has_eps: bool = False):
+    cfg = dare.launch_config(n, d, interpret=False)
+    t = _DTYPE_STR[dtype]
+    const = dict(BLOCK_R=cfg["BLOCK_R"], BLOCK_D=cfg["BLOCK_D"], HAS_EPS=has_eps)
+    options = dict(num_warps=cfg["num_warps"])
+    scalars = dict(n="i32", d="i32", seed="i32")
+    fwd_ptrs = {k: f"*{t}" for k in ("MU1", "LV1", "MU2", "LV2", "EPS1", "EPS2", "Z1", "Z2")}
+    fwd_ptrs["JSD_ROWS"] = "*fp32"
+    bwd_ptrs = {k: f"*{t}" for k in ("MU1", "LV1", "MU2", "LV2", "EPS1", "EPS2", "GZ1", "GZ2",
+                                     "DMU1", "DLV1", "DMU2", "DLV2")}
+    bwd_ptrs["GJSD"] = "*fp32"
+    fwd = dare._reparam_jsd_fwd_kernel
+    bwd = dare._reparam_jsd_bwd_kernel
+    return [(fwd, _signature(fwd, fwd_ptrs, scalars), const, options),
+            (bwd, _signature(bwd, bwd_ptrs, scalars), dict(const, HAS_GZ1=True, HAS_GZ2=True), options)]
+
+
+def _resource_usage(cubin: bytes) -> dict:
+    """Registers / stack (spill) bytes per thread from the bundled cuobjdump; {} when unavailable."""
+    import triton
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    if not os.path.exists(tool):
+        return {}
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        out = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True).stdout
+    found = re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", out)
+    if not found:
+        return {}
+    reg, stack, shared, local = map(int, found.groups())
+    return dict(registers=reg, stack_bytes=stack, static_shared=shared, local_bytes=local)
+
+
+def compile_spec(kernel, signature, constexprs, options, arch: int = 90) -> dict:
+    """Compile one kernel for ``sm_{arch}`` and summarise the result."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    compiled = triton.compile(ASTSource(kernel.jit, signature, constexprs),
+                              target=GPUTarget("cuda", arch, 32), options=options)
+    ptx = compiled.asm["ptx"]
+    info = dict(kernel=kernel.__name__, arch=f"sm_{arch}",
+                dtype=next(v for k, v in signature.items() if v.startswith("*"))[1:],
+                constexprs={k: v for k, v in constexprs.items()}, options=options,
+                ptx_bytes=len(ptx), cubin_bytes=len(compiled.asm["cubin"]),
+                wgmma="wgmma" in ptx, mma_sync="mma.sync" in ptx,
+                dynamic_shared=compiled.metadata.shared)
+    info.update(_resource_usage(compiled.asm["cubin"]))
+    return info
+
+
+def all_specs():
+    specs = []
+    for dtype in (torch.float32, torch.bfloat16):
+        for d in (128, 256):
+            specs += contrastive_specs(dtype, d=d, variant="supcon")
+        specs += dare_specs(dtype)
+    specs += contrastive_specs(torch.float32, d=128, variant="simclr", allow_tf32=True)
+    return specs
+
+
+def main() -> None:
+    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    print("| kernel | dtype | precision | BLOCK_M x BLOCK_N x BLOCK_D | warps | PTX KB | cubin KB | regs | spill B "
+          "| smem KB | wgmma |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for spec in all_specs():
+        r = compile_spec(*spec)
+        c = r["constexprs"]
+        blocks = (f"{c.get('BLOCK_M')} x {c.get('BLOCK_N')} x {c.get('BLOCK_D')}" if "BLOCK_M" in c
+                  else f"{c.get('BLOCK_R')} rows x {c.get('BLOCK_D')}")
+        print(f"| {r['kernel']} | {r['dtype']} | {c.get('PRECISION', '-')} | {blocks} | {r['options']['num_warps']} "
+              f"| {r['ptx_bytes'] / 1024:.0f} | {r['cubin_bytes'] / 1024:.0f} | {r.get('registers', '?')} "
+              f"| {r.get('stack_bytes', '?')} | {r['dynamic_shared'] / 1024:.0f} | {r['wgmma']} |")
+
+
+if __name__ == "__main__":
+    main()

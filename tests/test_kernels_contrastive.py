@@ -1,0 +1,260 @@
+"""Fused contrastive kernels (kernels/contrastive.py) against the reference losses.
+
+On CPU the kernels run in Triton's interpreter (TRITON_INTERPRET=1, set per test with monkeypatch: the
+kernels pick interpreter vs compiler at launch time, so nothing leaks into other test modules). The
+reference is evaluated in float64 on the same fp32 inputs; fp32 kernels must agree to 1e-5 relative
+(max abs error / max abs reference value) in the loss and in both input gradients.
+
+The interpreter is slow, so the (N, d) grid is a reduced cross product: every N with d in {24, 130} and
+every d with N in {17, 64}, for each variant, temperatures cycling through TAUS, SupCon labels alternating
+between many repeats (2-3 classes) and few (mostly unique labels). bf16/fp16/fp32-on-GPU tests need CUDA.
+"""
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from fastssl import losses  # noqa: E402
+from kernels import contrastive as kc  # noqa: E402
+from kernels import dispatch  # noqa: E402
+
+NS = (2, 3, 17, 64, 130)
+DS = (8, 24, 128, 130)
+TAUS = (0.05, 0.1, 0.2, 0.5, 1.0)
+VARIANTS = ("simclr", "decoupled", "supcon")
+TOL_FP32 = 1e-5
+
+_shapes = sorted({(n, d) for n in NS for d in (24, 130)} | {(n, d) for d in DS for n in (17, 64)})
+CASES = [(variant, n, d, TAUS[i % len(TAUS)]) for i, (variant, (n, d)) in
+         enumerate(itertools.product(VARIANTS, _shapes))]
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@pytest.fixture
+def interpret(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+
+
+def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
+    got, ref = got.detach().double().cpu(), ref.detach().double().cpu()
+    return ((got - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item()
+
+
+def make_labels(n: int, regime: str, gen: torch.Generator) -> torch.Tensor:
+    if regime == "many":  # 2-3 classes: |P(k)| large
+        return torch.randint(0, 3 if n > 3 else 2, (n,), generator=gen)
+    if regime == "few":  # mostly unique labels, a couple of collisions
+        return torch.randint(0, 4 * n, (n,), generator=gen)
+    if regime == "same":
+        return torch.zeros(n, dtype=torch.long)
+    if regime == "unique":
+        return torch.randperm(n, generator=gen) * 7 - 3  # arbitrary, even negative, class ids
+    raise ValueError(regime)
+
+
+def reference(z1, z2, tau, variant, labels):
+    if variant == "supcon":
+        return losses.supcon_loss(z1, z2, labels, tau)
+    return losses.ntxent_loss(z1, z2, tau, variant=variant)
+
+
+def check_against_reference(variant, n, d, tau, labels=None, seed=0, tol=TOL_FP32, upstream=1.7,
+                            dtype=torch.float32, device="cpu", correlation=0.1):
+    """Loss and both gradients vs the float64 reference; errors relative to the reference's max |value|.
+
+    Views are only mildly correlated by default: with near-identical views and a small tau the loss
+    is a tiny difference of two large numbers (lse - s_pos) that no fp32 computation resolves to 1e-5
+    relative (the fp32 reference itself is off by percents); test_aligned_views covers that regime.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    z1 = (torch.randn(n, d, generator=gen) * 3).to(dtype)
+    z2 = (torch.randn(n, d, generator=gen) + correlation * z1.float()).to(dtype)
+    r1, r2 = (z.double().requires_grad_() for z in (z1, z2))
+    ref = reference(r1, r2, tau, variant, labels)
+    (ref * upstream).backward()
+
+    f1, f2 = (z.to(device).requires_grad_() for z in (z1, z2))
+    lab = labels.to(device) if labels is not None else None
+    out = kc.fused_contrastive_loss(f1, f2, tau, labels=lab, variant="simclr" if variant == "supcon" else variant)
+    assert out.shape == () and out.dtype == torch.float32
+    (out * upstream).backward()
+    errs = dict(loss=rel_err(out, ref), dz1=rel_err(f1.grad, r1.grad), dz2=rel_err(f2.grad, r2.grad))
+    assert f1.grad.dtype == dtype and f2.grad.dtype == dtype
+    assert max(errs.values()) < tol, (variant, n, d, tau, errs)
+    return errs
+
+
+@pytest.mark.parametrize("variant,n,d,tau", CASES, ids=[f"{v}-N{n}-d{d}-t{t}" for v, n, d, t in CASES])
+def test_matches_reference(interpret, variant, n, d, tau):
+    labels = None
+    if variant == "supcon":
+        regime = "many" if (n + d) % 2 == 0 else "few"
+        labels = make_labels(n, regime, torch.Generator().manual_seed(n * 1000 + d))
+    check_against_reference(variant, n, d, tau, labels, seed=n + d)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_aligned_views(interpret, variant):
+    """Strongly aligned views, small tau: the fused loss is as accurate as the fp32 reference is."""
+    n, d, tau = 6, 24, 0.05
+    gen = torch.Generator().manual_seed(4)
+    z1 = torch.randn(n, d, generator=gen)
+    z2 = z1 + 0.05 * torch.randn(n, d, generator=gen)
+    labels = make_labels(n, "many", gen) if variant == "supcon" else None
+    exact = reference(z1.double(), z2.double(), tau, variant, labels)
+    fp32_error = (reference(z1, z2, tau, variant, labels).double() - exact).abs().item()
+    got = kc.fused_contrastive_loss(z1, z2, tau, labels=labels, variant="simclr" if variant == "supcon" else variant)
+    assert (got.double() - exact).abs().item() <= 4 * fp32_error + 1e-6 / tau
+
+
+def test_cases_cover_the_matrix():
+    assert {c[1] for c in CASES} == set(NS) and {c[2] for c in CASES} == set(DS)
+    assert {c[0] for c in CASES} == set(VARIANTS)
+    for variant in VARIANTS:
+        assert len({c[3] for c in CASES if c[0] == variant}) >= 4
+
+
+@pytest.mark.parametrize("regime", ["many", "few", "same", "unique"])
+def test_supcon_label_regimes(interpret, regime):
+    n = 17
+    labels = make_labels(n, regime, torch.Generator().manual_seed(5))
+    check_against_reference("supcon", n, 24, 0.1, labels, seed=11)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("n,d", [(17, 24), (40, 130)])
+def test_small_tiles_straddling_views(interpret, variant, n, d):
+    """16 x 16 tiles: row blocks straddle the view boundary, many column blocks, ragged edges."""
+    labels = make_labels(n, "many", torch.Generator().manual_seed(1)) if variant == "supcon" else None
+    with kc.block_sizes(16, 16):
+        check_against_reference(variant, n, d, 0.2, labels, seed=3)
+
+
+def test_non_contiguous_inputs_and_single_gradient(interpret):
+    gen = torch.Generator().manual_seed(0)
+    base = torch.randn(20, 2 * 24, generator=gen)
+    z1, z2 = base[:, :24], base[:, 24:]  # strided views
+    assert not z1.is_contiguous()
+    a = z1.clone().requires_grad_()
+    ref = losses.ntxent_loss(a.double(), z2.double(), 0.3)
+    ref.backward()
+    b = z1.clone().requires_grad_()
+    out = kc.fused_contrastive_loss(b, z2, 0.3)  # z2 needs no gradient
+    out.backward()
+    assert rel_err(out, ref) < TOL_FP32 and rel_err(b.grad, a.grad) < TOL_FP32
+
+
+def test_no_grad_forward(interpret):
+    z1, z2 = torch.randn(5, 8), torch.randn(5, 8)
+    with torch.no_grad():
+        out = kc.fused_contrastive_loss(z1, z2, 0.5, variant="decoupled")
+    assert rel_err(out, losses.ntxent_loss(z1.double(), z2.double(), 0.5, "decoupled")) < TOL_FP32
+
+
+def test_input_validation(interpret):
+    z = torch.randn(1, 8)
+    with pytest.raises(ValueError, match="N >= 2"):
+        kc.fused_contrastive_loss(z, z, 0.2, variant="decoupled")
+    with pytest.raises(ValueError, match="variant"):
+        kc.fused_contrastive_loss(z, z, 0.2, variant="nope")
+    with pytest.raises(TypeError, match="float32"):
+        kc.fused_contrastive_loss(z.double(), z.double(), 0.2)
+    with pytest.raises(ValueError, match="temperature"):
+        kc.fused_contrastive_loss(z, z, 0.0)
+    with pytest.raises(ValueError, match="labels"):
+        kc.fused_contrastive_loss(torch.randn(4, 8), torch.randn(4, 8), 0.2, labels=torch.zeros(3, dtype=torch.long))
+
+
+def test_cpu_without_interpreter_raises_clearly(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    z = torch.randn(4, 8)
+    with pytest.raises(RuntimeError, match="CUDA"):
+        kc.fused_contrastive_loss(z, z, 0.2)
+
+
+# ---- dispatch --------------------------------------------------------------------------------
+
+def test_resolve_backend(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert dispatch.resolve_backend("torch", "cpu") == "torch"
+    assert dispatch.resolve_backend("auto", "cpu") == "torch"
+    with pytest.raises(RuntimeError, match="needs a CUDA device.*TRITON_INTERPRET=1"):
+        dispatch.resolve_backend("triton", "cpu")
+    with pytest.raises(ValueError, match="--kernels"):
+        dispatch.resolve_backend("fast", "cpu")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert dispatch.resolve_backend("triton", "cpu") == "triton"
+    assert dispatch.resolve_backend("auto", "cpu") == "torch"  # auto never picks the interpreter
+    if torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
+            dispatch.resolve_backend("triton", "cuda")
+
+
+@cuda
+def test_resolve_backend_cuda(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert dispatch.resolve_backend("auto", "cuda") == "triton"
+    assert dispatch.resolve_backend("triton", "cuda:0") == "triton"
+
+
+@pytest.mark.parametrize("variant,labels", [("simclr", None), ("decoupled", None),
+                                            ("simclr", torch.tensor([0, 1, 0, 2, 1]))])
+def test_dispatch_triton_matches_torch(interpret, variant, labels):
+    gen = torch.Generator().manual_seed(2)
+    z1, z2 = torch.randn(5, 12, generator=gen), torch.randn(5, 12, generator=gen)
+    got = dispatch.contrastive_loss(z1, z2, 0.2, labels=labels, variant=variant, backend="triton")
+    ref = dispatch.contrastive_loss(z1.double(), z2.double(), 0.2, labels=labels, variant=variant, backend="torch")
+    assert rel_err(got, ref) < TOL_FP32
+
+
+def test_dispatch_triton_on_cpu_without_interpreter(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    z = torch.randn(4, 8)
+    with pytest.raises(RuntimeError, match="CUDA"):
+        dispatch.contrastive_loss(z, z, 0.2, backend="triton")
+    with pytest.raises(ValueError, match="backend"):
+        dispatch.contrastive_loss(z, z, 0.2, backend="auto")
+
+
+# ---- GPU only --------------------------------------------------------------------------------
+
+@cuda
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("n,d", [(3, 8), (130, 130), (1000, 256)])
+def test_gpu_fp32_ieee(monkeypatch, variant, n, d):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    labels = make_labels(n, "many", torch.Generator().manual_seed(0)) if variant == "supcon" else None
+    check_against_reference(variant, n, d, 0.1, labels, device="cuda")
+
+
+@cuda
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_gpu_fp32_tf32(monkeypatch, variant):
+    """tf32 keeps 10 mantissa bits: similarities err by ~1e-3 relative, scaled by 1/tau in the loss."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    n, d, tau = 257, 128, 0.2
+    gen = torch.Generator().manual_seed(0)
+    z1, z2 = torch.randn(n, d, generator=gen), torch.randn(n, d, generator=gen)
+    labels = make_labels(n, "many", gen) if variant == "supcon" else None
+    ref = reference(z1.double(), z2.double(), tau, variant, labels)
+    out = kc.fused_contrastive_loss(z1.cuda(), z2.cuda(), tau, labels=None if labels is None else labels.cuda(),
+                                    variant="simclr" if variant == "supcon" else variant, allow_tf32=True)
+    assert rel_err(out, ref) < 5e-3
+
+
+@cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("n,d", [(17, 24), (300, 130), (2048, 128)])
+def test_gpu_half_precision(monkeypatch, dtype, variant, n, d):
+    """bf16/fp16 operands with fp32 accumulation vs the float64 reference on the same (rounded) inputs;
+    the tolerance reflects 8 (bf16) / 11 (fp16) mantissa bits in u and in the backward weight tile."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    labels = make_labels(n, "many", torch.Generator().manual_seed(0)) if variant == "supcon" else None
+    tol = 3e-2 if dtype == torch.bfloat16 else 5e-3
+    check_against_reference(variant, n, d, 0.2, labels, dtype=dtype, device="cuda", tol=tol)
