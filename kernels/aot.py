@@ -30,15 +30,17 @@ def _signature(kernel, pointers: dict, scalars: dict) -> dict:
 def contrastive_specs(dtype: torch.dtype, d: int = 128, variant: str = "simclr", allow_tf32: bool = False):
     """(kernel, signature, constexprs, options) for the forward and backward contrastive kernels as launched
     on a GPU for inputs of ``dtype`` and width ``d``."""
-    cfg = contrastive.launch_config(d, dtype, allow_tf32, interpret=False)
     t = _DTYPE_STR[dtype]
-    const = dict(VARIANT=contrastive.VARIANTS[variant], PRECISION=contrastive._precision(dtype, allow_tf32),
-                 BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_D=cfg["BLOCK_D"])
-    options = dict(num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     scalars = dict(n_half="i32", d="i32", stride_u="i32", stride_du="i32", inv_tau="fp32")
-    pointers = dict(U=f"*{t}", LABELS="*i64", LOSS="*fp32", LSE="*fp32", NPOS="*fp32", DU="*fp32")
-    return [(k, _signature(k, pointers, scalars), const, options)
-            for k in (contrastive._contrastive_fwd_kernel, contrastive._contrastive_bwd_kernel)]
+    pointers = dict(U=f"*{t}", LABELS="*i64", LOSS="*fp32", LSE="*fp32", NPOS="*fp32", GRAD="*fp32", DU="*fp32")
+    specs = []
+    for backward, k in enumerate((contrastive._contrastive_fwd_kernel, contrastive._contrastive_bwd_kernel)):
+        cfg = contrastive.launch_config(d, dtype, allow_tf32, interpret=False, backward=bool(backward))
+        const = dict(VARIANT=contrastive.VARIANTS[variant], PRECISION=contrastive._precision(dtype, allow_tf32),
+                     BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_D=cfg["BLOCK_D"], BLOCK_K=cfg["BLOCK_K"])
+        options = dict(num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+        specs.append((k, _signature(k, pointers, scalars), const, options))
+    return specs
 
 
 def dare_specs(dtype: torch.dtype, d: int = 128, n: int = 512, has_eps: bool = False):
@@ -87,6 +89,7 @@ def compile_spec(kernel, signature, constexprs, options, arch: int = 90) -> dict
     info = dict(kernel=kernel.__name__, arch=f"sm_{arch}",
                 dtype=next(v for k, v in signature.items() if v.startswith("*"))[1:],
                 constexprs={k: v for k, v in constexprs.items()}, options=options,
+                ptx_target=(re.search(r"^\.target\s+(\S+)", ptx, re.MULTILINE) or [None, "?"])[1],
                 ptx_bytes=len(ptx), cubin_bytes=len(compiled.asm["cubin"]),
                 wgmma="wgmma" in ptx, mma_sync="mma.sync" in ptx,
                 dynamic_shared=compiled.metadata.shared)
@@ -112,7 +115,7 @@ def main() -> None:
     for spec in all_specs():
         r = compile_spec(*spec)
         c = r["constexprs"]
-        blocks = (f"{c.get('BLOCK_M')} x {c.get('BLOCK_N')} x {c.get('BLOCK_D')}" if "BLOCK_M" in c
+        blocks = (f"{c.get('BLOCK_M')} x {c.get('BLOCK_N')} x {c.get('BLOCK_D')} (k {c.get('BLOCK_K')})" if "BLOCK_M" in c
                   else f"{c.get('BLOCK_R')} rows x {c.get('BLOCK_D')}")
         print(f"| {r['kernel']} | {r['dtype']} | {c.get('PRECISION', '-')} | {blocks} | {r['options']['num_warps']} "
               f"| {r['ptx_bytes'] / 1024:.0f} | {r['cubin_bytes'] / 1024:.0f} | {r.get('registers', '?')} "

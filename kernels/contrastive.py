@@ -57,12 +57,40 @@ _SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # Triton kernels
 # ----------------------------------------------------------------------------------------------
 
+@triton.jit
+def _similarity_tile(U, u_k, rows, row_ok, cols, col_ok, d, stride_u, inv_tau,
+                     PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                     BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr):
+    """s = u_rows . u_cols^T / tau for one (BLOCK_M, BLOCK_N) tile, fp32.
+
+    BLOCK_K == BLOCK_D: one tl.dot with the row block u_k held by the caller (tensor-core paths).
+    BLOCK_K < BLOCK_D: the reduction over d runs in BLOCK_K slices re-read from memory (L1/L2 hits): the
+    "ieee" fp32 path lowers tl.dot to FMAs, and one full-width dot made ptxas spill heavily at d >= 128.
+    """
+    if BLOCK_K == BLOCK_D:
+        offs_d = tl.arange(0, BLOCK_D)
+        u_lt = tl.load(U + cols[None, :] * stride_u + offs_d[:, None],
+                       mask=(offs_d < d)[:, None] & col_ok[None, :], other=0.0)
+        s = tl.dot(u_k, u_lt, input_precision=PRECISION)
+    else:
+        s = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        for k0 in tl.static_range(0, BLOCK_D, BLOCK_K):
+            offs_k = k0 + tl.arange(0, BLOCK_K)
+            k_ok = offs_k < d
+            a = tl.load(U + rows[:, None] * stride_u + offs_k[None, :], mask=row_ok[:, None] & k_ok[None, :],
+                        other=0.0)
+            b = tl.load(U + cols[None, :] * stride_u + offs_k[:, None], mask=k_ok[:, None] & col_ok[None, :],
+                        other=0.0)
+            s += tl.dot(a, b, input_precision=PRECISION)
+    return s * inv_tau
+
+
 @lazy_kernel
 def _contrastive_fwd_kernel(
     U, LABELS, LOSS, LSE, NPOS,
     n_half, d, stride_u, inv_tau,
     VARIANT: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     pid = tl.program_id(0)
     n_rows = 2 * n_half
@@ -93,15 +121,21 @@ def _contrastive_fwd_kernel(
         y_k = tl.load(LABELS + (rows % n_half), mask=row_ok, other=0)
         pos_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
         pos_cnt = tl.zeros([BLOCK_M], dtype=tl.float32)
+    else:
+        # s_{k,p(k)} directly (the decoupled positive is not in the allowed set). Computed before the
+        # loop so that u_k's elementwise copy is dead while the loop holds it as a dot operand (keeping
+        # both alive made ptxas spill for fp32).
+        u_p = tl.load(U + partner[:, None] * stride_u + offs_d[None, :],
+                      mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+        s_pos = tl.sum(u_k.to(tl.float32) * u_p.to(tl.float32), axis=1) * inv_tau
 
     m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     for c0 in range(col_lo, col_hi, BLOCK_N):
         cols = c0 + tl.arange(0, BLOCK_N)
         col_ok = cols < col_hi
-        u_lt = tl.load(U + cols[None, :] * stride_u + offs_d[:, None],
-                       mask=d_ok[:, None] & col_ok[None, :], other=0.0)
-        s = tl.dot(u_k, u_lt, input_precision=PRECISION) * inv_tau
+        s = _similarity_tile(U, u_k, rows, row_ok, cols, col_ok, d, stride_u, inv_tau,
+                             PRECISION, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_K)
         allowed = col_ok[None, :] & (rows[:, None] != cols[None, :])
         if VARIANT == 1:
             col_view = (cols >= n_half).to(tl.int32)
@@ -125,9 +159,6 @@ def _contrastive_fwd_kernel(
         loss = lse - pos_sum / pos_cnt
         tl.store(NPOS + rows, pos_cnt, mask=row_ok)
     else:
-        u_p = tl.load(U + partner[:, None] * stride_u + offs_d[None, :],
-                      mask=row_ok[:, None] & d_ok[None, :], other=0.0)
-        s_pos = tl.sum(u_k.to(tl.float32) * u_p.to(tl.float32), axis=1) * inv_tau
         loss = lse - s_pos
     tl.store(LOSS + rows, loss, mask=row_ok)
     tl.store(LSE + rows, lse, mask=row_ok)
@@ -135,12 +166,12 @@ def _contrastive_fwd_kernel(
 
 @lazy_kernel
 def _contrastive_bwd_kernel(
-    U, LABELS, LSE, NPOS, DU,
+    U, LABELS, LSE, NPOS, GRAD, DU,
     n_half, d, stride_u, stride_du, inv_tau,
     VARIANT: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """DU_k = sum_l (P_kl + P_lk - 2 Y_kl) u_l for this program's rows k (unscaled by 1/(tau M))."""
+    """DU_k = g / (tau M) sum_l (P_kl + P_lk - 2 Y_kl) u_l for this program's rows k, g = dL_out/dL."""
     pid = tl.program_id(0)
     n_rows = 2 * n_half
     rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -175,7 +206,8 @@ def _contrastive_bwd_kernel(
         col_ok = cols < col_hi
         u_l = tl.load(U + cols[:, None] * stride_u + offs_d[None, :],
                       mask=col_ok[:, None] & d_ok[None, :], other=0.0)
-        s = tl.dot(u_k, tl.trans(u_l), input_precision=PRECISION) * inv_tau
+        s = _similarity_tile(U, u_k, rows, row_ok, cols, col_ok, d, stride_u, inv_tau,
+                             PRECISION, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_K)
         lse_l = tl.load(LSE + cols, mask=col_ok, other=0.0)
         allowed = col_ok[None, :] & (rows[:, None] != cols[None, :])
         if VARIANT == 1:
@@ -191,6 +223,8 @@ def _contrastive_bwd_kernel(
             g = g - tl.where(cols[None, :] == partner[:, None], 2.0, 0.0)
         acc += tl.dot(g.to(u_l.dtype), u_l, input_precision=PRECISION)
 
+    scale = tl.load(GRAD).to(tl.float32) * inv_tau / n_rows  # upstream gradient read on the device
+    acc = acc * scale
     tl.store(DU + rows[:, None] * stride_du + offs_d[None, :], acc, mask=row_ok[:, None] & d_ok[None, :])
 
 
@@ -198,46 +232,51 @@ def _contrastive_bwd_kernel(
 # Launch configuration
 # ----------------------------------------------------------------------------------------------
 
-_block_override: Optional[tuple[int, int]] = None
+_block_override: Optional[tuple[int, int, Optional[int]]] = None
 
 
 @contextlib.contextmanager
-def block_sizes(block_m: int, block_n: int):
-    """Force (BLOCK_M, BLOCK_N) for launches inside the context (tests use it to exercise tiling)."""
+def block_sizes(block_m: int, block_n: int, block_k: Optional[int] = None):
+    """Force (BLOCK_M, BLOCK_N[, BLOCK_K]) for launches inside the context (tests use it to exercise the
+    tiling and the split-d similarity path in the interpreter)."""
     global _block_override
-    previous, _block_override = _block_override, (int(block_m), int(block_n))
+    previous, _block_override = _block_override, (int(block_m), int(block_n), block_k)
     try:
         yield
     finally:
         _block_override = previous
 
 
-def launch_config(d: int, dtype: torch.dtype, allow_tf32: bool, interpret: bool) -> dict:
-    """Block sizes and warps. GPU values are reasoned defaults for sm_80/sm_90, not autotuned."""
+# (BLOCK_M, BLOCK_N, num_warps) for (forward, backward) by operand kind and padded width BLOCK_D. Chosen
+# without a GPU from ahead-of-time sm_90 compiles (kernels/aot.py): the largest tiles that ptxas fits in
+# 255 registers without spilling (where some config does) and in the 227 KB of shared memory; not
+# autotuned on hardware. Keys: the largest BLOCK_D a row applies to.
+_GPU_CONFIGS = {
+    "half": {64: ((128, 64, 8), (128, 64, 8)), 128: ((128, 64, 8), (128, 32, 8)),
+             256: ((64, 64, 8), (64, 32, 8)), None: ((64, 32, 8), (32, 32, 8))},
+    "tf32": {64: ((64, 32, 4), (64, 32, 4)), 128: ((128, 32, 8), (64, 32, 4)),
+             256: ((64, 32, 8), (64, 32, 8)), None: ((64, 16, 8), (32, 16, 8))},
+    "ieee": {64: ((64, 32, 8), (64, 32, 8)), 128: ((64, 32, 8), (64, 32, 8)),
+             256: ((64, 16, 8), (64, 16, 8)), None: ((32, 16, 8), (32, 16, 8))},
+}
+
+
+def launch_config(d: int, dtype: torch.dtype, allow_tf32: bool, interpret: bool, backward: bool = False) -> dict:
+    """Block sizes and warps for the forward (or backward) kernel."""
     block_d = max(16, next_pow2(d))
+    kind = "half" if dtype != torch.float32 else ("tf32" if allow_tf32 else "ieee")
     if interpret:
         bm, bn, warps = 64, 64, 4  # few, large programs: the interpreter's cost is per op, not per element
-    elif dtype != torch.float32 or allow_tf32:  # tensor cores (wgmma on sm_90 needs a 64-row multiple)
-        if block_d <= 64:
-            bm, bn, warps = 128, 64, 4
-        elif block_d <= 128:
-            bm, bn, warps = 128, 64, 8
-        elif block_d <= 256:
-            bm, bn, warps = 64, 64, 8
-        else:
-            bm, bn, warps = 64, 32, 8
-        if dtype == torch.float32 and block_d > 64:
-            bn = 32  # fp32 operands are twice as large
-    else:  # "ieee" fp32: FMA path, register bound
-        if block_d <= 128:
-            bm, bn, warps = 64, 64, 4
-        elif block_d <= 256:
-            bm, bn, warps = 64, 32, 8
-        else:
-            bm, bn, warps = 32, 16, 8
+    else:
+        table = _GPU_CONFIGS[kind]
+        key = next((k for k in (64, 128, 256) if block_d <= k), None)
+        bm, bn, warps = table[key][1 if backward else 0]
+    # the FMA ("ieee") path reduces over d in slices of 32 (see _similarity_tile); tensor cores in one dot
+    block_k = min(block_d, 32) if (kind == "ieee" and not interpret) else block_d
     if _block_override is not None:
-        bm, bn = _block_override
-    return dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=block_d, num_warps=warps, num_stages=2)
+        bm, bn = _block_override[:2]
+        block_k = _block_override[2] or block_k
+    return dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=block_d, BLOCK_K=block_k, num_warps=warps, num_stages=2)
 
 
 def _precision(dtype: torch.dtype, allow_tf32: bool) -> str:
@@ -302,21 +341,22 @@ def _(z1, z2, labels, temperature, variant, allow_tf32):
 
 @torch.library.custom_op("fastssl::contrastive_bwd", mutates_args=())
 def contrastive_bwd(u: torch.Tensor, labels: Optional[torch.Tensor], lse: torch.Tensor, npos: torch.Tensor,
-                    temperature: float, variant: int, allow_tf32: bool) -> torch.Tensor:
-    """sum_l (P_kl + P_lk - 2 Y_kl) u_l for every row k, fp32 (2N, d); the caller scales by 1/(tau 2N)."""
-    check_runnable(u, labels, lse, npos)
+                    grad: torch.Tensor, temperature: float, variant: int, allow_tf32: bool) -> torch.Tensor:
+    """dL/du (2N, d) fp32 for the loss L given the upstream gradient ``grad`` (a scalar tensor) of L."""
+    check_runnable(u, labels, lse, npos, grad)
     m, d = u.shape
     du = torch.empty((m, d), device=u.device, dtype=torch.float32)
     lab = labels.contiguous() if labels is not None else u
-    cfg = launch_config(d, u.dtype, allow_tf32, interpreter_enabled())
+    cfg = launch_config(d, u.dtype, allow_tf32, interpreter_enabled(), backward=True)
     grid = (triton.cdiv(m, cfg["BLOCK_M"]),)
-    _contrastive_bwd_kernel[grid](u, lab, lse, npos, du, m // 2, d, u.stride(0), du.stride(0), 1.0 / temperature,
+    g = grad.reshape(1).float()
+    _contrastive_bwd_kernel[grid](u, lab, lse, npos, g, du, m // 2, d, u.stride(0), du.stride(0), 1.0 / temperature,
                                   VARIANT=variant, PRECISION=_precision(u.dtype, allow_tf32), **cfg)
     return du
 
 
 @contrastive_bwd.register_fake
-def _(u, labels, lse, npos, temperature, variant, allow_tf32):
+def _(u, labels, lse, npos, grad, temperature, variant, allow_tf32):
     return u.new_empty(u.shape, dtype=torch.float32)
 
 
@@ -332,8 +372,8 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, g_loss, g_u, g_rnorm, g_lse, g_npos):
     u, rnorm, lse, npos, labels = ctx.saved_tensors
     m = u.shape[0]
-    du = torch.ops.fastssl.contrastive_bwd(u, labels, lse, npos, ctx.temperature, ctx.variant, ctx.allow_tf32)
-    du = du * (g_loss.float() / (ctx.temperature * m))
+    du = torch.ops.fastssl.contrastive_bwd(u, labels, lse, npos, g_loss, ctx.temperature, ctx.variant,
+                                           ctx.allow_tf32)
     # back through u = z * rnorm, rnorm = 1 / max(||z||, eps)
     uf = u.float()
     clamped = (rnorm >= 1.0 / _NORM_EPS)[:, None]
