@@ -1,0 +1,87 @@
+"""Command-line front end of scripts/pretrain.py: parse, resolve, train, report errors on one line."""
+from __future__ import annotations
+
+import sys
+
+from data_prep import DataError
+
+from .config import CLIError, parse_args, resolve
+
+
+def main(argv=None) -> int:
+    cfg = parse_args(argv)  # argparse itself exits with code 2 on a malformed option
+    try:
+        cfg = resolve(cfg)
+    except CLIError as e:
+        print(f"pretrain.py: error: {e}", file=sys.stderr)
+        return 2
+    from .train import TrainingDiverged, train
+    print("config: " + ", ".join(f"{k}={v}" for k, v in vars(cfg).items()))
+    try:
+        summary = train(cfg)
+    except (DataError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except TrainingDiverged as e:
+        print(f"error: training diverged: {e}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; continue with --resume --out {cfg.out}", file=sys.stderr)
+        return 130
+    lin = summary["linear_top1"]
+    print(f"done in {summary['wall_s']:.0f} s: kNN top-1 {summary['knn_top1_init']:.2f}% -> {summary['knn_top1']:.2f}%"
+          + (f", linear top-1 {lin:.2f}%" if lin is not None else "") + f"; results in {cfg.out}/summary.json")
+    return 0
+
+
+def linear_eval_main(argv=None) -> int:
+    """scripts/linear_eval.py: linear probe of a pretrained checkpoint's frozen backbone."""
+    import argparse
+    import dataclasses
+    import json
+    from pathlib import Path
+
+    import torch
+
+    p = argparse.ArgumentParser(prog="linear_eval.py", description="Linear probe on frozen, precomputed features.")
+    p.add_argument("--ckpt", required=True, help="checkpoint.pt written by pretrain.py")
+    p.add_argument("--data", default=None, help="dataset location (default: the one the checkpoint was trained on)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="device (default: %(default)s)")
+    p.add_argument("--train-subset", type=int, default=0, help="train images for the probe, 0 = all (default: 0)")
+    p.add_argument("--test-subset", type=int, default=0, help="test images, 0 = all (default: 0)")
+    args = p.parse_args(argv)
+    path = Path(args.ckpt)
+    if not path.is_file():
+        print(f"linear_eval.py: error: no checkpoint at {path}", file=sys.stderr)
+        return 2
+    from data_prep import load_dataset
+
+    from .config import Config
+    from .models import build_encoder
+    from .train import Evaluator
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        cfg = Config(**ckpt["config"])
+    except Exception as e:  # a truncated or foreign file
+        print(f"linear_eval.py: error: {path} is not a fastssl checkpoint ({e})", file=sys.stderr)
+        return 2
+    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else "cpu" if args.device == "auto" else args.device
+    cfg = dataclasses.replace(cfg, device=device, data=args.data or cfg.data, knn_bank=args.train_subset,
+                              knn_queries=args.test_subset, amp="bf16" if device == "cuda" else "off")
+    encoder = build_encoder(cfg.encoder, cfg.width)
+    encoder.load_state_dict({k[len("encoder."):]: v for k, v in ckpt["method"].items() if k.startswith("encoder.")})
+    encoder.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
+    try:
+        ds = load_dataset(cfg.dataset, cfg.data)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    evaluator = Evaluator(ds, cfg, torch.device(device))
+    print(f"linear probe: {len(evaluator.bank_y)} train / {len(evaluator.query_y)} test images of {ds.name}")
+    top1 = evaluator.linear(encoder)
+    print(f"linear top-1: {top1:.2f}%")
+    result = dict(ckpt=str(path), dataset=cfg.dataset, train_images=len(evaluator.bank_y),
+                  test_images=len(evaluator.query_y), linear_top1=top1)
+    (path.parent / "linear_eval.json").write_text(json.dumps(result, indent=2) + "\n")
+    return 0

@@ -1,0 +1,23 @@
+"""SimCLR (Chen et al. 2020): NT-Xent between the projections of two views.
+
+    z_i = g(f(x_i)),  L = NT-Xent(z1, z2; tau)   (see ``fastssl.losses.ntxent_loss``)
+"""
+from kernels import dispatch
+
+from ..models import mlp
+from .base import Method, register
+
+
+@register("simclr")
+class SimCLR(Method):
+    recipe = dict(optimizer="lars", lr=0.4, weight_decay=1e-5, temperature=0.2,
+                  proj_hidden=2048, proj_dim=256, aug="default")
+
+    def __init__(self, encoder, cfg):
+        super().__init__(encoder, cfg)
+        self.projector = mlp(encoder.dim, cfg.proj_hidden, cfg.proj_dim)
+
+    def forward(self, v1, v2, labels=None):
+        z1, z2 = self.projector(self.encoder(v1)), self.projector(self.encoder(v2))
+        loss = dispatch.contrastive_loss(z1.float(), z2.float(), self.cfg.temperature, backend=self.cfg.backend)
+        return {"loss": loss}
