@@ -37,7 +37,7 @@ def contrastive_specs(dtype: torch.dtype, d: int = 128, variant: str = "simclr",
     for backward, k in enumerate((contrastive._contrastive_fwd_kernel, contrastive._contrastive_bwd_kernel)):
         cfg = contrastive.launch_config(d, dtype, allow_tf32, interpret=False, backward=bool(backward))
         const = dict(VARIANT=contrastive.VARIANTS[variant], PRECISION=contrastive._precision(dtype, allow_tf32),
-                     BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_D=cfg["BLOCK_D"], BLOCK_K=cfg["BLOCK_K"])
+                     **{k: v for k, v in cfg.items() if k.startswith("BLOCK_")})
         options = dict(num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
         specs.append((k, _signature(k, pointers, scalars), const, options))
     return specs

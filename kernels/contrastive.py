@@ -30,11 +30,21 @@ cores) and accumulate in fp32.
 Forward kernel: one program per block of BLOCK_M rows; loops over column blocks computing s = u_k u_l^T
 with ``tl.dot``, masks it per variant and keeps an online max / sum-exp; SupCon also accumulates the
 sum and count of positive similarities. Writes per-row loss, lse and (SupCon) |P(k)|. The M x M matrix
-is never stored: extra memory is O(M) besides u (O(M d)).
+is never stored: extra memory is O(M) besides u (O(M d)). The decoupled variant visits only the other
+view's columns when a row block lies in one view (half the work).
 
-Precision of ``tl.dot`` on fp32 inputs: "ieee" (true fp32) by default; ``allow_tf32=True`` uses tf32
-tensor cores (about 1e-3 relative error on s). fp16/bf16 inputs always use tensor cores with fp32
-accumulation; the backward multiplies the fp32 weight tile cast to the input dtype with u_l.
+Backward kernel: one program per block of rows k; recomputes each tile s_kl, forms
+G = P_kl + P_lk - 2 Y_kl from lse_k and lse_l, accumulates G u_l with ``tl.dot`` and scales by
+g / (tau M), reading the upstream gradient g from device memory (no host sync).
+
+Autograd: ``fastssl::contrastive_fwd`` / ``fastssl::contrastive_bwd`` are ``torch.library.custom_op``s
+with fake (meta) implementations; ``register_autograd`` on the forward op plays the role of a
+``torch.autograd.Function`` (torch implements it as one), so ``torch.compile`` graphs can contain them.
+
+Precision of ``tl.dot`` on fp32 inputs: "ieee" (true fp32, FMA units, the d reduction in slices of 32 to
+keep ptxas from spilling) by default; ``allow_tf32=True`` uses tf32 tensor cores (about 1e-3 relative
+error on s). fp16/bf16 inputs always use tensor cores (wgmma on sm_90) with fp32 accumulation; the
+backward multiplies the fp32 weight tile, cast to the input dtype, with u_l.
 """
 from __future__ import annotations
 
@@ -58,14 +68,26 @@ _SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # ----------------------------------------------------------------------------------------------
 
 @triton.jit
+def _similarity_slice(U, rows, row_ok, cols, col_ok, k0, d, stride_u,
+                      PRECISION: tl.constexpr, BLOCK_K: tl.constexpr):
+    offs_k = k0 + tl.arange(0, BLOCK_K)
+    k_ok = offs_k < d
+    a = tl.load(U + rows[:, None] * stride_u + offs_k[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+    b = tl.load(U + cols[None, :] * stride_u + offs_k[:, None], mask=k_ok[:, None] & col_ok[None, :], other=0.0)
+    return tl.dot(a, b, input_precision=PRECISION)
+
+
+@triton.jit
 def _similarity_tile(U, u_k, rows, row_ok, cols, col_ok, d, stride_u, inv_tau,
                      PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                      BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr):
     """s = u_rows . u_cols^T / tau for one (BLOCK_M, BLOCK_N) tile, fp32.
 
-    BLOCK_K == BLOCK_D: one tl.dot with the row block u_k held by the caller (tensor-core paths).
+    BLOCK_K == BLOCK_D: one tl.dot with the row block u_k held by the caller (tensor-core paths, d <= 256).
     BLOCK_K < BLOCK_D: the reduction over d runs in BLOCK_K slices re-read from memory (L1/L2 hits): the
-    "ieee" fp32 path lowers tl.dot to FMAs, and one full-width dot made ptxas spill heavily at d >= 128.
+    "ieee" fp32 path lowers tl.dot to FMAs, and one full-width dot made ptxas spill heavily at d >= 128;
+    wide rows (d > 256) would not fit registers / shared memory otherwise. Unrolled up to BLOCK_D = 256
+    (fewer registers for the FMA path), a loop beyond (shared memory independent of d).
     """
     if BLOCK_K == BLOCK_D:
         offs_d = tl.arange(0, BLOCK_D)
@@ -74,14 +96,12 @@ def _similarity_tile(U, u_k, rows, row_ok, cols, col_ok, d, stride_u, inv_tau,
         s = tl.dot(u_k, u_lt, input_precision=PRECISION)
     else:
         s = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-        for k0 in tl.static_range(0, BLOCK_D, BLOCK_K):
-            offs_k = k0 + tl.arange(0, BLOCK_K)
-            k_ok = offs_k < d
-            a = tl.load(U + rows[:, None] * stride_u + offs_k[None, :], mask=row_ok[:, None] & k_ok[None, :],
-                        other=0.0)
-            b = tl.load(U + cols[None, :] * stride_u + offs_k[:, None], mask=k_ok[:, None] & col_ok[None, :],
-                        other=0.0)
-            s += tl.dot(a, b, input_precision=PRECISION)
+        if BLOCK_D <= 256:
+            for k0 in tl.static_range(0, BLOCK_D, BLOCK_K):
+                s += _similarity_slice(U, rows, row_ok, cols, col_ok, k0, d, stride_u, PRECISION, BLOCK_K)
+        else:
+            for k0 in range(0, BLOCK_D, BLOCK_K):
+                s += _similarity_slice(U, rows, row_ok, cols, col_ok, k0, d, stride_u, PRECISION, BLOCK_K)
     return s * inv_tau
 
 
@@ -101,8 +121,11 @@ def _contrastive_fwd_kernel(
     row_view = (rows >= n_half).to(tl.int32)
     partner = tl.where(rows < n_half, rows + n_half, rows - n_half)
 
-    u_k = tl.load(U + rows[:, None] * stride_u + offs_d[None, :],
-                  mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+    if BLOCK_K == BLOCK_D:  # the row block stays in registers for the whole column loop
+        u_k = tl.load(U + rows[:, None] * stride_u + offs_d[None, :],
+                      mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+    else:  # sliced similarity: rows are re-read per slice (wide d, or the FMA path)
+        u_k = 0.0
 
     # Column range. The decoupled variant only looks at the other view: when the whole row block lies
     # in one view, visit that half only (a block straddling the views visits all columns, masked).
@@ -122,12 +145,26 @@ def _contrastive_fwd_kernel(
         pos_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
         pos_cnt = tl.zeros([BLOCK_M], dtype=tl.float32)
     else:
-        # s_{k,p(k)} directly (the decoupled positive is not in the allowed set). Computed before the
-        # loop so that u_k's elementwise copy is dead while the loop holds it as a dot operand (keeping
-        # both alive made ptxas spill for fp32).
-        u_p = tl.load(U + partner[:, None] * stride_u + offs_d[None, :],
-                      mask=row_ok[:, None] & d_ok[None, :], other=0.0)
-        s_pos = tl.sum(u_k.to(tl.float32) * u_p.to(tl.float32), axis=1) * inv_tau
+        # s_{k,p(k)} directly (the decoupled positive is not in the allowed set), before the loop so that
+        # an elementwise copy of u_k is dead while the loop holds it as a dot operand (keeping both alive
+        # made ptxas spill for fp32).
+        if BLOCK_D <= 256:
+            full_mask = row_ok[:, None] & d_ok[None, :]
+            if BLOCK_K == BLOCK_D:
+                a = u_k
+            else:
+                a = tl.load(U + rows[:, None] * stride_u + offs_d[None, :], mask=full_mask, other=0.0)
+            b = tl.load(U + partner[:, None] * stride_u + offs_d[None, :], mask=full_mask, other=0.0)
+            s_pos = tl.sum(a.to(tl.float32) * b.to(tl.float32), axis=1)
+        else:  # wide rows: in slices
+            s_pos = tl.zeros([BLOCK_M], dtype=tl.float32)
+            for k0 in range(0, BLOCK_D, BLOCK_K):
+                offs_k = k0 + tl.arange(0, BLOCK_K)
+                pk_mask = row_ok[:, None] & (offs_k < d)[None, :]
+                a = tl.load(U + rows[:, None] * stride_u + offs_k[None, :], mask=pk_mask, other=0.0)
+                b = tl.load(U + partner[:, None] * stride_u + offs_k[None, :], mask=pk_mask, other=0.0)
+                s_pos += tl.sum(a.to(tl.float32) * b.to(tl.float32), axis=1)
+        s_pos = s_pos * inv_tau
 
     m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -170,9 +207,17 @@ def _contrastive_bwd_kernel(
     n_half, d, stride_u, stride_du, inv_tau,
     VARIANT: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_DV: tl.constexpr,
 ):
-    """DU_k = g / (tau M) sum_l (P_kl + P_lk - 2 Y_kl) u_l for this program's rows k, g = dL_out/dL."""
+    """DU_k = g / (tau M) sum_l (P_kl + P_lk - 2 Y_kl) u_l for this program's rows k, g = dL_out/dL.
+
+    Grid (row blocks, d slices of BLOCK_DV): for wide embeddings each program accumulates only its slice
+    of dU (recomputing the similarity tiles over the full d), which bounds registers and shared memory.
+    """
     pid = tl.program_id(0)
+    pid_v = tl.program_id(1)
+    offs_v = pid_v * BLOCK_DV + tl.arange(0, BLOCK_DV)
+    v_ok = offs_v < d
     n_rows = 2 * n_half
     rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < n_rows
@@ -181,8 +226,11 @@ def _contrastive_bwd_kernel(
     row_view = (rows >= n_half).to(tl.int32)
     partner = tl.where(rows < n_half, rows + n_half, rows - n_half)
 
-    u_k = tl.load(U + rows[:, None] * stride_u + offs_d[None, :],
-                  mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+    if BLOCK_K == BLOCK_D:
+        u_k = tl.load(U + rows[:, None] * stride_u + offs_d[None, :],
+                      mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+    else:
+        u_k = 0.0
     lse_k = tl.load(LSE + rows, mask=row_ok, other=0.0)
 
     col_lo = 0
@@ -200,14 +248,17 @@ def _contrastive_bwd_kernel(
         y_k = tl.load(LABELS + (rows % n_half), mask=row_ok, other=0)
         two_over_cnt = 2.0 / tl.load(NPOS + rows, mask=row_ok, other=1.0)
 
-    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
     for c0 in range(col_lo, col_hi, BLOCK_N):
         cols = c0 + tl.arange(0, BLOCK_N)
         col_ok = cols < col_hi
-        u_l = tl.load(U + cols[:, None] * stride_u + offs_d[None, :],
-                      mask=col_ok[:, None] & d_ok[None, :], other=0.0)
-        s = _similarity_tile(U, u_k, rows, row_ok, cols, col_ok, d, stride_u, inv_tau,
-                             PRECISION, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_K)
+        u_l = tl.load(U + cols[:, None] * stride_u + offs_v[None, :],
+                      mask=col_ok[:, None] & v_ok[None, :], other=0.0)
+        if BLOCK_K == BLOCK_D and BLOCK_DV == BLOCK_D:  # u_l is the whole row: reuse it for s
+            s = tl.dot(u_k, tl.trans(u_l), input_precision=PRECISION) * inv_tau
+        else:
+            s = _similarity_tile(U, u_k, rows, row_ok, cols, col_ok, d, stride_u, inv_tau,
+                                 PRECISION, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_K)
         lse_l = tl.load(LSE + cols, mask=col_ok, other=0.0)
         allowed = col_ok[None, :] & (rows[:, None] != cols[None, :])
         if VARIANT == 1:
@@ -225,32 +276,33 @@ def _contrastive_bwd_kernel(
 
     scale = tl.load(GRAD).to(tl.float32) * inv_tau / n_rows  # upstream gradient read on the device
     acc = acc * scale
-    tl.store(DU + rows[:, None] * stride_du + offs_d[None, :], acc, mask=row_ok[:, None] & d_ok[None, :])
+    tl.store(DU + rows[:, None] * stride_du + offs_v[None, :], acc, mask=row_ok[:, None] & v_ok[None, :])
 
 
 # ----------------------------------------------------------------------------------------------
 # Launch configuration
 # ----------------------------------------------------------------------------------------------
 
-_block_override: Optional[tuple[int, int, Optional[int]]] = None
+_block_override: Optional[tuple] = None
 
 
 @contextlib.contextmanager
-def block_sizes(block_m: int, block_n: int, block_k: Optional[int] = None):
-    """Force (BLOCK_M, BLOCK_N[, BLOCK_K]) for launches inside the context (tests use it to exercise the
-    tiling and the split-d similarity path in the interpreter)."""
+def block_sizes(block_m: int, block_n: int, block_k: Optional[int] = None, block_dv: Optional[int] = None):
+    """Force (BLOCK_M, BLOCK_N[, BLOCK_K[, BLOCK_DV]]) for launches inside the context (tests use it to
+    exercise the tiling, the sliced-d similarity and the sliced-d backward in the interpreter)."""
     global _block_override
-    previous, _block_override = _block_override, (int(block_m), int(block_n), block_k)
+    previous, _block_override = _block_override, (int(block_m), int(block_n), block_k, block_dv)
     try:
         yield
     finally:
         _block_override = previous
 
 
-# (BLOCK_M, BLOCK_N, num_warps) for (forward, backward) by operand kind and padded width BLOCK_D. Chosen
-# without a GPU from ahead-of-time sm_90 compiles (kernels/aot.py): the largest tiles that ptxas fits in
-# 255 registers without spilling (where some config does) and in the 227 KB of shared memory; not
-# autotuned on hardware. Keys: the largest BLOCK_D a row applies to.
+# (BLOCK_M, BLOCK_N, num_warps) for (forward, backward) by operand kind and padded width BLOCK_D (keys: the
+# largest BLOCK_D a row applies to). Chosen without a GPU from ahead-of-time sm_90 compiles (kernels/aot.py):
+# large tiles that ptxas fits in 255 registers without spilling (all variants at d <= 128; a few d = 256
+# variants keep small spills) and in 227 KB of shared memory. Not autotuned on hardware. d > 256: see
+# launch_config (sliced d).
 _GPU_CONFIGS = {
     "half": {64: ((128, 64, 8), (128, 64, 8)), 128: ((128, 64, 8), (128, 32, 8)),
              256: ((64, 64, 8), (64, 32, 8)), None: ((64, 32, 8), (32, 32, 8))},
@@ -262,21 +314,36 @@ _GPU_CONFIGS = {
 
 
 def launch_config(d: int, dtype: torch.dtype, allow_tf32: bool, interpret: bool, backward: bool = False) -> dict:
-    """Block sizes and warps for the forward (or backward) kernel."""
+    """Block sizes and warps for the forward (or backward) kernel.
+
+    BLOCK_K: slice of d per tl.dot in the similarity (BLOCK_D = one dot on a row block held in registers).
+    BLOCK_DV (backward): slice of d of dU per program (the backward grid's second axis).
+    """
     block_d = max(16, next_pow2(d))
     kind = "half" if dtype != torch.float32 else ("tf32" if allow_tf32 else "ieee")
+    block_dv = block_d
     if interpret:
         bm, bn, warps = 64, 64, 4  # few, large programs: the interpreter's cost is per op, not per element
+        block_k = block_d
     else:
         table = _GPU_CONFIGS[kind]
-        key = next((k for k in (64, 128, 256) if block_d <= k), None)
-        bm, bn, warps = table[key][1 if backward else 0]
-    # the FMA ("ieee") path reduces over d in slices of 32 (see _similarity_tile); tensor cores in one dot
-    block_k = min(block_d, 32) if (kind == "ieee" and not interpret) else block_d
+        if block_d <= 256:
+            key = next(k for k in (64, 128, 256) if block_d <= k)
+            bm, bn, warps = table[key][1 if backward else 0]
+            # the FMA ("ieee") path reduces over d in slices of 32 (see _similarity_tile)
+            block_k = min(block_d, 32) if kind == "ieee" else block_d
+        else:  # wide rows: sliced similarity; the backward also slices dU (BLOCK_DV = 64)
+            bm, bn, warps = table[128][1] if backward else table[256][0]
+            block_k = 64 if kind == "half" else 32
+            block_dv = 64 if backward else block_d
     if _block_override is not None:
         bm, bn = _block_override[:2]
         block_k = _block_override[2] or block_k
-    return dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=block_d, BLOCK_K=block_k, num_warps=warps, num_stages=2)
+        block_dv = _block_override[3] or block_dv
+    cfg = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=block_d, BLOCK_K=block_k, num_warps=warps, num_stages=2)
+    if backward:
+        cfg["BLOCK_DV"] = block_dv
+    return cfg
 
 
 def _precision(dtype: torch.dtype, allow_tf32: bool) -> str:
@@ -348,7 +415,7 @@ def contrastive_bwd(u: torch.Tensor, labels: Optional[torch.Tensor], lse: torch.
     du = torch.empty((m, d), device=u.device, dtype=torch.float32)
     lab = labels.contiguous() if labels is not None else u
     cfg = launch_config(d, u.dtype, allow_tf32, interpreter_enabled(), backward=True)
-    grid = (triton.cdiv(m, cfg["BLOCK_M"]),)
+    grid = (triton.cdiv(m, cfg["BLOCK_M"]), triton.cdiv(cfg["BLOCK_D"], cfg["BLOCK_DV"]))
     g = grad.reshape(1).float()
     _contrastive_bwd_kernel[grid](u, lab, lse, npos, g, du, m // 2, d, u.stride(0), du.stride(0), 1.0 / temperature,
                                   VARIANT=variant, PRECISION=_precision(u.dtype, allow_tf32), **cfg)

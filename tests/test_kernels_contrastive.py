@@ -5,9 +5,10 @@ kernels pick interpreter vs compiler at launch time, so nothing leaks into other
 reference is evaluated in float64 on the same fp32 inputs; fp32 kernels must agree to 1e-5 relative
 (max abs error / max abs reference value) in the loss and in both input gradients.
 
-The interpreter is slow, so the (N, d) grid is a reduced cross product: every N with d in {24, 130} and
-every d with N in {17, 64}, for each variant, temperatures cycling through TAUS, SupCon labels alternating
-between many repeats (2-3 classes) and few (mostly unique labels). bf16/fp16/fp32-on-GPU tests need CUDA.
+The interpreter is slow, so temperatures cycle through TAUS over the full (variant, N, d) cross product
+rather than multiplying it, and SupCon labels alternate between many repeats (2-3 classes) and few (mostly
+unique labels); tests below add every label regime, tiny tiles and sliced-d paths. bf16/fp16/fp32-on-GPU
+tests need CUDA.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ TAUS = (0.05, 0.1, 0.2, 0.5, 1.0)
 VARIANTS = ("simclr", "decoupled", "supcon")
 TOL_FP32 = 1e-5
 
-_shapes = sorted({(n, d) for n in NS for d in (24, 130)} | {(n, d) for d in DS for n in (17, 64)})
+_shapes = [(n, d) for n in NS for d in DS]  # the full cross product: ~25 s in the interpreter
 CASES = [(variant, n, d, TAUS[i % len(TAUS)]) for i, (variant, (n, d)) in
          enumerate(itertools.product(VARIANTS, _shapes))]
 
@@ -127,13 +128,27 @@ def test_supcon_label_regimes(interpret, regime):
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-@pytest.mark.parametrize("n,d,block_k", [(17, 24, None), (40, 130, None), (17, 130, 32), (9, 24, 16)])
-def test_small_tiles_straddling_views(interpret, variant, n, d, block_k):
-    """16 x 16 tiles: row blocks straddle the view boundary, many column blocks, ragged edges; with block_k
-    the similarity is reduced over d in slices (the GPU's fp32 "ieee" path), the last one ragged."""
+@pytest.mark.parametrize("n,d,block_k,block_dv", [(17, 24, None, None), (40, 130, None, None), (17, 130, 32, None),
+                                                  (9, 24, 16, 16), (9, 300, 64, 64)])
+def test_small_tiles_straddling_views(interpret, variant, n, d, block_k, block_dv):
+    """16 x 16 tiles: row blocks straddle the view boundary, many column blocks, ragged edges. With block_k
+    the similarity is reduced over d in slices (the GPU's fp32 "ieee" path and wide rows), the last one
+    ragged; with block_dv the backward grid also splits dU over d (d = 300: the wide-row code path)."""
     labels = make_labels(n, "many", torch.Generator().manual_seed(1)) if variant == "supcon" else None
-    with kc.block_sizes(16, 16, block_k):
+    with kc.block_sizes(16, 16, block_k, block_dv):
         check_against_reference(variant, n, d, 0.2, labels, seed=3)
+
+
+def test_launch_configs_cover_every_width():
+    """GPU configs exist for narrow and wide rows and stay within the shapes the kernels assume."""
+    for dtype, tf32 in ((torch.float32, False), (torch.float32, True), (torch.bfloat16, False)):
+        for d in (1, 8, 24, 64, 100, 128, 130, 256, 257, 1000, 4096):
+            for backward in (False, True):
+                c = kc.launch_config(d, dtype, tf32, interpret=False, backward=backward)
+                assert c["BLOCK_D"] >= d and c["BLOCK_D"] % c["BLOCK_K"] == 0
+                assert min(c["BLOCK_M"], c["BLOCK_N"], c["BLOCK_K"]) >= 16  # tl.dot's minimum on a GPU
+                if backward:
+                    assert c["BLOCK_D"] % c["BLOCK_DV"] == 0 and c["BLOCK_DV"] >= 16
 
 
 def test_non_contiguous_inputs_and_single_gradient(interpret):
@@ -226,7 +241,7 @@ def test_dispatch_triton_on_cpu_without_interpreter(monkeypatch):
 
 @cuda
 @pytest.mark.parametrize("variant", VARIANTS)
-@pytest.mark.parametrize("n,d", [(3, 8), (130, 130), (1000, 256)])
+@pytest.mark.parametrize("n,d", [(3, 8), (130, 130), (1000, 256), (300, 600)])
 def test_gpu_fp32_ieee(monkeypatch, variant, n, d):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     labels = make_labels(n, "many", torch.Generator().manual_seed(0)) if variant == "supcon" else None
