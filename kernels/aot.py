@@ -109,7 +109,7 @@ def all_specs():
 
 def main() -> None:
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    print("| kernel | dtype | precision | BLOCK_M x BLOCK_N x BLOCK_D | warps | PTX KB | cubin KB | regs | spill B "
+    print("| kernel | dtype | fp32 dot precision | BLOCK_M x BLOCK_N x BLOCK_D | warps | PTX KB | cubin KB | regs | spill B "
           "| smem KB | wgmma |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for spec in all_specs():
@@ -117,7 +117,8 @@ def main() -> None:
         c = r["constexprs"]
         blocks = (f"{c.get('BLOCK_M')} x {c.get('BLOCK_N')} x {c.get('BLOCK_D')} (k {c.get('BLOCK_K')})" if "BLOCK_M" in c
                   else f"{c.get('BLOCK_R')} rows x {c.get('BLOCK_D')}")
-        print(f"| {r['kernel']} | {r['dtype']} | {c.get('PRECISION', '-')} | {blocks} | {r['options']['num_warps']} "
+        precision = c.get("PRECISION", "-") if r["dtype"] == "fp32" else "-"
+        print(f"| {r['kernel']} | {r['dtype']} | {precision} | {blocks} | {r['options']['num_warps']} "
               f"| {r['ptx_bytes'] / 1024:.0f} | {r['cubin_bytes'] / 1024:.0f} | {r.get('registers', '?')} "
               f"| {r.get('stack_bytes', '?')} | {r['dynamic_shared'] / 1024:.0f} | {r['wgmma']} |")
 

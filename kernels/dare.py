@@ -145,6 +145,12 @@ def _check(mu1, logvar1, mu2, logvar2, eps1, eps2, seed):
         raise ValueError("eps1 and eps2 must have the shape of mu1")
     if eps1 is None and not 0 <= seed < 2**63:
         raise ValueError(f"seed must be in [0, 2**63), got {seed}")
+
+
+def _seed_value(seed: torch.Tensor) -> int:
+    if seed.numel() != 1 or seed.dtype.is_floating_point:
+        raise ValueError(f"seed must be a one-element integer tensor, got {seed.dtype} of shape {tuple(seed.shape)}")
+    return int(seed.item())  # a CPU tensor (see draw_seed): no device synchronisation
     if 2 * mu1.numel() >= 2**31:
         raise ValueError("2 N d must stay below 2**31 (32-bit Philox offsets)")
 
@@ -152,8 +158,13 @@ def _check(mu1, logvar1, mu2, logvar2, eps1, eps2, seed):
 @torch.library.custom_op("fastssl::reparam_jsd_fwd", mutates_args=())
 def reparam_jsd_fwd(mu1: torch.Tensor, logvar1: torch.Tensor, mu2: torch.Tensor, logvar2: torch.Tensor,
                     eps1: Optional[torch.Tensor], eps2: Optional[torch.Tensor],
-                    seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(z1, z2, jsd): eps from (eps1, eps2) when given, else from Philox(seed)."""
+                    seed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(z1, z2, jsd): eps from (eps1, eps2) when given, else from Philox(seed).
+
+    ``seed`` is a one-element int64 tensor, normally on the CPU, so that drawing it from torch's RNG
+    (``draw_seed``) stays inside a ``torch.compile`` graph instead of forcing a graph break on ``.item()``.
+    """
+    seed = _seed_value(seed) if eps1 is None else 0
     _check(mu1, logvar1, mu2, logvar2, eps1, eps2, seed)
     check_runnable(mu1, logvar1, mu2, logvar2, eps1, eps2)
     mu1, logvar1, mu2, logvar2 = (t.contiguous() for t in (mu1, logvar1, mu2, logvar2))
@@ -165,7 +176,7 @@ def reparam_jsd_fwd(mu1: torch.Tensor, logvar1: torch.Tensor, mu2: torch.Tensor,
     cfg = launch_config(n, d, interpreter_enabled())
     grid = (triton.cdiv(n, cfg["BLOCK_R"]),)
     _reparam_jsd_fwd_kernel[grid](mu1, logvar1, mu2, logvar2, e1, e2, z1, z2, rows, n, d,
-                                  seed if not has_eps else 0, HAS_EPS=has_eps, **cfg)
+                                  seed, HAS_EPS=has_eps, **cfg)
     return z1, z2, rows.mean()
 
 
@@ -176,11 +187,12 @@ def _(mu1, logvar1, mu2, logvar2, eps1, eps2, seed):
 
 @torch.library.custom_op("fastssl::reparam_jsd_bwd", mutates_args=())
 def reparam_jsd_bwd(mu1: torch.Tensor, logvar1: torch.Tensor, mu2: torch.Tensor, logvar2: torch.Tensor,
-                    eps1: Optional[torch.Tensor], eps2: Optional[torch.Tensor], seed: int,
+                    eps1: Optional[torch.Tensor], eps2: Optional[torch.Tensor], seed: torch.Tensor,
                     g_z1: Optional[torch.Tensor], g_z2: Optional[torch.Tensor],
                     g_jsd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients (dmu1, dlogvar1, dmu2, dlogvar2); eps regenerated from seed unless given."""
     check_runnable(mu1, logvar1, mu2, logvar2, eps1, eps2, g_z1, g_z2, g_jsd)
+    seed = _seed_value(seed) if eps1 is None else 0
     mu1, logvar1, mu2, logvar2 = (t.contiguous() for t in (mu1, logvar1, mu2, logvar2))
     has_eps = eps1 is not None
     e1, e2 = (eps1.contiguous(), eps2.contiguous()) if has_eps else (mu1, mu2)
@@ -192,7 +204,7 @@ def reparam_jsd_bwd(mu1: torch.Tensor, logvar1: torch.Tensor, mu2: torch.Tensor,
     cfg = launch_config(n, d, interpreter_enabled())
     grid = (triton.cdiv(n, cfg["BLOCK_R"]),)
     _reparam_jsd_bwd_kernel[grid](mu1, logvar1, mu2, logvar2, e1, e2, gz1, gz2, g_j, *outs, n, d,
-                                  seed if not has_eps else 0, HAS_EPS=has_eps, HAS_GZ1=g_z1 is not None,
+                                  seed, HAS_EPS=has_eps, HAS_GZ1=g_z1 is not None,
                                   HAS_GZ2=g_z2 is not None, **cfg)
     return tuple(outs)
 
@@ -204,15 +216,14 @@ def _(mu1, logvar1, mu2, logvar2, eps1, eps2, seed, g_z1, g_z2, g_jsd):
 
 def _setup_context(ctx, inputs, output):
     mu1, logvar1, mu2, logvar2, eps1, eps2, seed = inputs
-    ctx.save_for_backward(mu1, logvar1, mu2, logvar2, eps1, eps2)
-    ctx.seed = seed
+    ctx.save_for_backward(mu1, logvar1, mu2, logvar2, eps1, eps2, seed)
 
 
 def _backward(ctx, g_z1, g_z2, g_jsd):
-    mu1, logvar1, mu2, logvar2, eps1, eps2 = ctx.saved_tensors
+    mu1, logvar1, mu2, logvar2, eps1, eps2, seed = ctx.saved_tensors
     if g_jsd is None:
         g_jsd = torch.zeros((), device=mu1.device, dtype=torch.float32)
-    dmu1, dlv1, dmu2, dlv2 = torch.ops.fastssl.reparam_jsd_bwd(mu1, logvar1, mu2, logvar2, eps1, eps2, ctx.seed,
+    dmu1, dlv1, dmu2, dlv2 = torch.ops.fastssl.reparam_jsd_bwd(mu1, logvar1, mu2, logvar2, eps1, eps2, seed,
                                                                g_z1, g_z2, g_jsd)
     return dmu1, dlv1, dmu2, dlv2, None, None, None
 
@@ -220,21 +231,26 @@ def _backward(ctx, g_z1, g_z2, g_jsd):
 reparam_jsd_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
-def draw_seed() -> int:
-    """A kernel seed from torch's default (CPU) generator: ``torch.manual_seed`` makes it reproducible."""
-    return int(torch.randint(0, 2**31 - 1, (1,), dtype=torch.int64).item())
+def draw_seed() -> torch.Tensor:
+    """A kernel seed from torch's default CPU generator, as a 0-dim int64 CPU tensor: ``torch.manual_seed``
+    makes runs reproducible, and under ``torch.compile`` the draw is part of the graph (no ``.item()``)."""
+    return torch.randint(0, 2**31 - 1, (), dtype=torch.int64)
 
 
 def fused_reparam_jsd(mu1: torch.Tensor, logvar1: torch.Tensor, mu2: torch.Tensor, logvar2: torch.Tensor,
-                      seed: Optional[int] = None, eps1: Optional[torch.Tensor] = None,
+                      seed: int | torch.Tensor | None = None, eps1: Optional[torch.Tensor] = None,
                       eps2: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Fused ``(reparameterize(mu1, logvar1), reparameterize(mu2, logvar2), gaussian_jsd(...))``.
 
-    Give explicit ``eps1``/``eps2`` for a deterministic match with the reference, or a ``seed`` for
-    in-kernel Philox noise (same seed -> same noise); with neither, a seed is drawn from torch's RNG.
-    The eps tensors get no gradient. jsd is an fp32 scalar.
+    Give explicit ``eps1``/``eps2`` for a deterministic match with the reference, or a ``seed`` (an int or
+    a one-element integer tensor) for in-kernel Philox noise (same seed -> same noise); with neither, a
+    seed is drawn from torch's RNG. The eps tensors get no gradient. jsd is an fp32 scalar.
     """
-    if eps1 is None and eps2 is None and seed is None:
-        seed = draw_seed()
-    return torch.ops.fastssl.reparam_jsd_fwd(mu1, logvar1, mu2, logvar2, eps1, eps2,
-                                             int(seed) if seed is not None else 0)
+    if eps1 is None and eps2 is None:
+        if seed is None:
+            seed = draw_seed()
+        elif not isinstance(seed, torch.Tensor):
+            seed = torch.tensor(int(seed), dtype=torch.int64)
+    else:
+        seed = torch.zeros((), dtype=torch.int64)  # unused with explicit eps
+    return torch.ops.fastssl.reparam_jsd_fwd(mu1, logvar1, mu2, logvar2, eps1, eps2, seed)

@@ -47,6 +47,7 @@ def _check_backend(backend: str) -> None:
         raise ValueError(f"backend must be 'torch' or 'triton' (resolve 'auto' with resolve_backend), got {backend!r}")
 
 
+@torch.compiler.assume_constant_result  # torch.compile reads the flag at trace time (its getters are untraceable)
 def _tf32_allowed() -> bool:
     """fp32 similarities use tf32 tensor cores exactly when the user allowed tf32 for fp32 CUDA matmuls
     (``torch.backends.cuda.matmul.fp32_precision = "tf32"``, ``allow_tf32 = True`` or
@@ -85,7 +86,7 @@ def reparam_jsd(mu1, logvar1, mu2, logvar2, backend="torch"):
     if backend == "triton":
         check_runnable(mu1, logvar1, mu2, logvar2)
         from kernels.dare import draw_seed, fused_reparam_jsd
-        return fused_reparam_jsd(mu1, logvar1, mu2, logvar2, seed=draw_seed())
+        return fused_reparam_jsd(mu1, logvar1, mu2, logvar2, seed=draw_seed())  # a CPU tensor: compile-friendly
     z1 = losses.reparameterize(mu1, logvar1)
     z2 = losses.reparameterize(mu2, logvar2)
     return z1, z2, losses.gaussian_jsd(mu1, logvar1, mu2, logvar2)

@@ -89,9 +89,10 @@ def test_fake_shapes():
         du = torch.ops.fastssl.contrastive_bwd(u, None, lse, npos, loss, 0.2, 0, False)
         assert du.shape == (14, 130) and du.dtype == torch.float32
         m = torch.empty(5, 33, dtype=torch.bfloat16)
-        z1, z2, jsd = torch.ops.fastssl.reparam_jsd_fwd(m, m, m, m, None, None, 3)
+        seed = torch.tensor(3)
+        z1, z2, jsd = torch.ops.fastssl.reparam_jsd_fwd(m, m, m, m, None, None, seed)
         assert z1.shape == z2.shape == (5, 33) and z1.dtype == torch.bfloat16 and jsd.shape == ()
-        grads = torch.ops.fastssl.reparam_jsd_bwd(m, m, m, m, None, None, 3, m, None, jsd)
+        grads = torch.ops.fastssl.reparam_jsd_bwd(m, m, m, m, None, None, seed, m, None, jsd)
         assert [g.shape for g in grads] == [(5, 33)] * 4
 
 
@@ -120,7 +121,7 @@ def test_opcheck_dare(interpret, explicit_eps):
     gen = torch.Generator().manual_seed(0)
     x = [torch.randn(4, 9, generator=gen, requires_grad=True) for _ in range(4)]
     eps = [torch.randn(4, 9, generator=gen) for _ in range(2)] if explicit_eps else [None, None]
-    _opcheck(torch.ops.fastssl.reparam_jsd_fwd.default, (*x, *eps, 17))
+    _opcheck(torch.ops.fastssl.reparam_jsd_fwd.default, (*x, *eps, torch.tensor(17)))
 
 
 def test_torch_compile_fullgraph(interpret):
@@ -140,6 +141,29 @@ def test_torch_compile_fullgraph(interpret):
     torch._dynamo.reset()
     eager = run(dare_step)
     compiled = run(torch.compile(dare_step, backend="aot_eager", fullgraph=True))
+    assert torch.equal(eager[0], compiled[0])
+    for a, b in zip(eager[1], compiled[1]):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_torch_compile_through_dispatch(interpret):
+    """What the methods do: dispatch -> fused ops, seed drawn from torch's RNG inside the graph."""
+    from kernels import dispatch
+
+    def dare_loss(mu1, lv1, mu2, lv2):
+        z1, z2, jsd = dispatch.reparam_jsd(mu1, lv1, mu2, lv2, backend="triton")
+        return dispatch.contrastive_loss(z1, z2, 0.2, variant="decoupled", backend="triton") + 0.1 * jsd
+
+    def run(fn):
+        torch.manual_seed(0)
+        x = [torch.randn(6, 20, requires_grad=True) for _ in range(4)]
+        out = fn(*x)
+        out.backward()
+        return out.detach(), [t.grad for t in x]
+
+    torch._dynamo.reset()
+    eager = run(dare_loss)
+    compiled = run(torch.compile(dare_loss, backend="aot_eager", fullgraph=True))
     assert torch.equal(eager[0], compiled[0])
     for a, b in zip(eager[1], compiled[1]):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)

@@ -222,3 +222,16 @@ def test_gpu(monkeypatch, dtype):
     e1, e2, _ = kd.fused_reparam_jsd(*(torch.zeros(n, 4096, device="cuda", dtype=dtype),) * 4, seed=5)
     x = torch.cat([e1.flatten(), e2.flatten()]).double()
     assert abs(x.mean().item()) < 5e-3 and abs(x.var().item() - 1) < 1e-2
+
+
+def test_seed_forms(interpret):
+    """int seeds (also above 2**31: a 64-bit Philox key) and one-element tensor seeds are interchangeable."""
+    inputs, _ = make_inputs(3, 20)
+    big = 2**40 + 5
+    a = kd.fused_reparam_jsd(*inputs, seed=big)
+    b = kd.fused_reparam_jsd(*inputs, seed=torch.tensor(big))
+    c = kd.fused_reparam_jsd(*inputs, seed=5)
+    assert torch.equal(a[0], b[0]) and not torch.equal(a[0], c[0])
+    assert torch.isfinite(a[0]).all()
+    with pytest.raises(ValueError, match="seed"):
+        kd.fused_reparam_jsd(*inputs, seed=-1)
