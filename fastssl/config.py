@@ -16,6 +16,7 @@ from kernels.dispatch import BACKENDS
 
 from . import methods
 from .augment import POLICY_NAMES
+from .loaders import LOADERS
 from .models import ENCODERS
 
 
@@ -38,12 +39,15 @@ class Config:
     proj_dim: int | None = None
     dare_lambda: float | None = None
     dare_variant: str | None = None
+    triplet_margin: float | None = None
+    triplet_mining: str | None = None
     aug: str | None = None
     amp: str | None = None
     compile: str | None = None
     channels_last: bool | None = None
     kernels: str | None = None
     device: str | None = None
+    loader: str | None = None
     seed: int | None = None
     train_subset: int | None = None
     knn_every: int | None = None
@@ -63,9 +67,10 @@ class Config:
 DEFAULTS = dict(
     dataset="cifar10", encoder="resnet18", width=64, epochs=100, batch_size=512, optimizer="sgd", lr=0.4, weight_decay=5e-4,
     momentum=0.9, warmup_epochs=10.0, temperature=0.2, proj_hidden=2048, proj_dim=256, dare_lambda=0.1,
-    dare_variant="decoupled", aug="default", amp="auto", compile="auto", channels_last=True, kernels="auto",
-    device="auto", seed=0, train_subset=0, knn_every=0, knn_k=200, knn_t=0.1, knn_bank=0, knn_queries=0,
-    linear_eval=True, out=None,
+    dare_variant="decoupled", triplet_margin=0.2, triplet_mining="semihard", aug="default", amp="auto",
+    compile="auto", channels_last=True, kernels="auto", device="auto", seed=0, train_subset=0, knn_every=0,
+    knn_k=200, knn_t=0.1, knn_bank=0, knn_queries=0, linear_eval=True, out=None,
+    loader="resident",
 )
 
 # --fast: a short schedule sized to the hardware. On a CPU (2 cores) full-width networks train at
@@ -82,6 +87,8 @@ CHOICES = dict(
     encoder=tuple(ENCODERS), dataset=("cifar10", "cifar100"), optimizer=("sgd", "lars"), aug=POLICY_NAMES,
     amp=("auto", "bf16", "fp16", "off"), compile=("auto", "on", "off"), kernels=BACKENDS,
     device=("auto", "cpu", "cuda"), dare_variant=("decoupled", "simclr"),
+    loader=LOADERS,
+    triplet_mining=("semihard", "batch_hard"),
 )
 
 HELP = dict(
@@ -92,15 +99,18 @@ HELP = dict(
     weight_decay="weight decay (not on biases and norm parameters)", momentum="SGD/LARS momentum",
     warmup_epochs="linear warmup length, then cosine decay", temperature="contrastive temperature tau",
     proj_hidden="projector hidden width", proj_dim="projector output size", dare_lambda="DARe: weight of "
-    "the Gaussian JSD term", dare_variant="DARe: contrastive loss on the samples", aug="augmentation policy "
-    "pair", amp="mixed precision (auto = bf16 on CUDA, off on CPU)", compile="torch.compile the training "
-    "step (auto = on for CUDA)", channels_last="channels-last memory format", kernels="loss kernels (auto = "
-    "Triton on CUDA, PyTorch elsewhere)", device="training device", seed="random seed",
+    "the Gaussian JSD term", dare_variant="DARe: contrastive loss on the samples", triplet_margin="Triplet: "
+    "margin m on squared distances of L2-normalised embeddings", triplet_mining="Triplet: negative mining",
+    aug="augmentation policy pair", amp="mixed precision (auto = bf16 on CUDA, off on CPU)",
+    compile="torch.compile the training step (auto = on for CUDA)", channels_last="channels-last memory format",
+    kernels="loss kernels (auto = Triton on CUDA, PyTorch elsewhere)", device="training device", seed="random seed",
     train_subset="train on a random subset of this many images (0 = all)", knn_every="kNN monitor every K "
     "epochs (0 = only before and after training)", knn_k="kNN neighbours", knn_t="kNN temperature",
     knn_bank="kNN bank: this many train images (0 = all)", knn_queries="kNN queries: this many test images "
     "(0 = all)", linear_eval="linear probe after training", out="output folder (default runs/METHOD-DATASET"
     "-ENCODER)",
+    loader="training-data loader: resident (uint8 dataset on the device), ffcv, dali, or torch (DataLoader "
+    "baseline); ffcv/dali convert the data once into the cache",
 )
 
 
@@ -163,6 +173,8 @@ def resolve(cfg: Config) -> Config:
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise CLIError("--device cuda: CUDA is not available on this machine")
     preset = FAST_PRESETS["cuda" if cfg.device == "cuda" else "cpu"] if cfg.fast else {}
+    if cfg.fast and cfg.device != "cuda":
+        preset = {**preset, **method_cls.fast_cpu}  # a method's documented short-CPU-schedule overrides
     for name, default in DEFAULTS.items():
         if getattr(cfg, name) is None:
             setattr(cfg, name, preset.get(name, method_cls.recipe.get(name, default)))

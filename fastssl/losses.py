@@ -71,7 +71,9 @@ def supcon_loss(z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor,
         l_k = -(1/|P(k)|) \sum_{p in P(k)} s_kp + log \sum_{l != k} exp(s_kl)
 
     Returns mean_k l_k. Images that share a label are positives of each other, whatever their
-    index: duplicated labels (two copies of one image, say) simply enlarge P(k).
+    index: duplicated labels (two copies of one image, say) simply enlarge P(k), and each positive
+    weighs 1/|P(k)| (so a duplicated image counts like any other same-class image, not double).
+    An anchor without positives cannot occur: with two views, P(k) always holds k's other view.
     """
     n = z1.shape[0]
     if labels.shape != (n,):
@@ -105,3 +107,126 @@ def gaussian_jsd(mu1: torch.Tensor, logvar1: torch.Tensor, mu2: torch.Tensor,
     log_v = torch.logaddexp(logvar1, logvar2) - math.log(2.0)  # ln((s1 + s2) / 2), stable
     per_dim = (mu1 - mu2).pow(2) * torch.exp(-log_v) / 8 + 0.5 * log_v - 0.25 * (logvar1 + logvar2)
     return per_dim.sum(dim=-1).mean()
+
+
+# --------------------------------------------------------------------------------------------
+# Non-contrastive and metric-learning losses (Barlow Twins, SimSiam, BYOL, Triplet)
+# --------------------------------------------------------------------------------------------
+
+BARLOW_EPS = 1e-5
+TRIPLET_MINING = ("semihard", "batch_hard")
+
+
+def _check_pair(a: torch.Tensor, b: torch.Tensor, names: str) -> None:
+    if a.shape != b.shape or a.dim() != 2:
+        raise ValueError(f"{names} must be (N, d) of one shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+
+
+def barlow_twins_loss(z1: torch.Tensor, z2: torch.Tensor, lambd: float = 0.0051) -> torch.Tensor:
+    r"""Barlow Twins redundancy-reduction loss (Zbontar et al. 2021).
+
+    Each embedding dimension is standardised over the batch like a BatchNorm without affine in
+    training mode (biased variance, eps = 1e-5, as in the official code)::
+
+        z~ = (z - mean_batch(z)) / sqrt(var_batch(z) + 1e-5)
+        C = z~1^T z~2 / N                                            (D x D)
+        L = sum_i (1 - C_ii)^2 + lambd * sum_{i != j} C_ij^2
+
+    Returns a scalar (not averaged over dimensions, as in the paper). Needs N >= 2.
+    """
+    _check_pair(z1, z2, "z1 and z2")
+    n = z1.shape[0]
+    if n < 2:
+        raise ValueError("barlow_twins_loss needs a batch of at least 2 (it standardises over the batch)")
+
+    def standardise(z):
+        return (z - z.mean(0)) / torch.sqrt(z.var(0, unbiased=False) + BARLOW_EPS)
+
+    c = standardise(z1).T @ standardise(z2) / n
+    diag = torch.diagonal(c)
+    on_diag = (1 - diag).pow(2).sum()
+    off_diag = c.pow(2).sum() - diag.pow(2).sum()
+    return on_diag + lambd * off_diag
+
+
+def negative_cosine(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """SimSiam's D(p, z) = -cos(p, z), averaged over the batch; in [-1, 1].
+
+    No stop-gradient here: the caller detaches z (SimSiam: 1/2 D(p1, sg(z2)) + 1/2 D(p2, sg(z1))).
+    """
+    _check_pair(p, z, "p and z")
+    return -F.cosine_similarity(p, z, dim=1).mean()
+
+
+def byol_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """BYOL's regression loss ||p/|p| - z/|z| ||^2 = 2 - 2 cos(p, z), averaged over the batch; in [0, 4].
+
+    No stop-gradient here: the caller passes the target network's (detached) projection as z.
+    """
+    _check_pair(p, z, "p and z")
+    return (2 - 2 * F.cosine_similarity(p, z, dim=1)).mean()
+
+
+def triplet_loss(embeddings: torch.Tensor, labels: torch.Tensor, margin: float = 0.2,
+                 mining: str = "semihard") -> torch.Tensor:
+    r"""Triplet margin loss (FaceNet) with in-batch mining, on L2-normalised embeddings.
+
+    ``embeddings`` (M, d) are normalised here, e = x / ||x||, and compared by squared Euclidean
+    distance d(a, b) = ||e_a - e_b||^2 = 2 - 2 e_a . e_b (in [0, 4]). Positives of an anchor a are
+    the other rows with its label; negatives are the rows with another label. A two-view batch is
+    passed as ``embeddings = [e1; e2]``, ``labels = [y; y]``, so both views of an image are
+    positives of each other (as are all other same-class images)::
+
+        l(a, p, n) = max(0, d(a, p) - d(a, n) + margin)
+
+    mining="semihard" (FaceNet, the default): one term per anchor-positive pair (a, p), a != p.
+    Its negative is the closest semi-hard one, n in {d(a, p) < d(a, n) < d(a, p) + margin};
+    when there is none, the hardest negative (smallest d(a, n)), which gives loss 0 if every
+    negative is already at least ``margin`` farther than p. L = mean over all pairs (a, p).
+
+    mining="batch_hard" (Hermans et al. 2017): one term per anchor, with its farthest positive
+    and its closest negative. L = mean over anchors.
+
+    Ties: the semi-hard window is open at both ends (d(a, n) == d(a, p) counts as hard, and
+    d(a, n) == d(a, p) + margin gives loss 0 either way). Tied candidate distances give the same
+    loss value whichever is picked; the gradient is then shared equally among the tied rows
+    (``amin``/``amax`` semantics), so the result does not depend on row order.
+    Anchors (or pairs) without any negative contribute nothing; if no term remains (a batch of
+    a single class, or no positive pair) the loss is 0, still connected to the graph.
+    """
+    if mining not in TRIPLET_MINING:
+        raise ValueError(f"mining must be one of {TRIPLET_MINING}, got {mining!r}")
+    if embeddings.dim() != 2 or labels.shape != embeddings.shape[:1]:
+        raise ValueError(f"embeddings must be (M, d) and labels (M,), got {tuple(embeddings.shape)} "
+                         f"and {tuple(labels.shape)}")
+    if margin < 0:
+        raise ValueError(f"margin must be >= 0, got {margin}")
+    e = F.normalize(embeddings, dim=1)
+    dist = (2 - 2 * (e @ e.T)).clamp_min(0)
+    m = e.shape[0]
+    same = labels[:, None] == labels[None, :]
+    eye = torch.eye(m, dtype=torch.bool, device=e.device)
+    pos_mask, neg_mask = same & ~eye, ~same
+    has_neg = neg_mask.any(1)
+    inf = torch.tensor(float("inf"), dtype=dist.dtype, device=dist.device)
+    zero = e.sum() * 0.0  # the empty-batch answer, still part of the graph
+
+    if mining == "batch_hard":
+        valid = has_neg & pos_mask.any(1)
+        if not valid.any():
+            return zero
+        hardest_pos = dist.masked_fill(~pos_mask, -inf).amax(1)
+        hardest_neg = dist.masked_fill(~neg_mask, inf).amin(1)
+        return F.relu(hardest_pos - hardest_neg + margin)[valid].mean()
+
+    a_idx, p_idx = torch.nonzero(pos_mask & has_neg[:, None], as_tuple=True)
+    if a_idx.numel() == 0:
+        return zero
+    d_ap = dist[a_idx, p_idx]                                  # (P,)
+    d_an = dist[a_idx]                                         # (P, M): the anchor's row
+    negs = neg_mask[a_idx]
+    semihard = negs & (d_an > d_ap[:, None]) & (d_an < d_ap[:, None] + margin)
+    closest_semihard = d_an.masked_fill(~semihard, inf).amin(1)
+    hardest = d_an.masked_fill(~negs, inf).amin(1)
+    d_neg = torch.where(semihard.any(1), closest_semihard, hardest)
+    return F.relu(d_ap - d_neg + margin).mean()

@@ -6,6 +6,6 @@ views to a dict whose "loss" entry is minimised; see ``base.Method``. To add one
 """
 from .base import Method, available, get_method, register
 
-from . import simclr, dare  # noqa: E402,F401  (importing registers them)
+from . import simclr, dare, supcon, triplet, barlow, simsiam, byol  # noqa: E402,F401  (importing registers them)
 
 __all__ = ["Method", "available", "get_method", "register"]

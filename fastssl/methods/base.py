@@ -37,6 +37,9 @@ class Method(nn.Module):
     name = "?"
     uses_labels = False  # supervised methods (SupCon, Triplet) receive the labels
     recipe: dict = {}
+    # Overrides of the CPU ``--fast`` preset (``config.FAST_PRESETS["cpu"]``) for methods that need
+    # another short-schedule setting to learn in ~400 steps; each method documents why.
+    fast_cpu: dict = {}
 
     def __init__(self, encoder: nn.Module, cfg):
         super().__init__()

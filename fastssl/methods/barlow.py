@@ -1,0 +1,26 @@
+"""Barlow Twins (Zbontar et al. 2021): make the cross-correlation of the two views' embeddings,
+standardised over the batch, close to the identity.
+
+    z_i = g(f(x_i)),  L = sum_i (1 - C_ii)^2 + lambda sum_{i != j} C_ij^2   (``fastssl.losses.barlow_twins_loss``)
+
+lambda = 0.0051 (the official value). The projector has three layers (Linear-BN-ReLU twice, then
+Linear), as in the official code. No labels, no negatives, no stop-gradient.
+"""
+from .. import losses
+from ..models import mlp
+from .base import Method, register
+
+
+@register("barlow")
+class BarlowTwins(Method):
+    # solo-learn's CIFAR recipe: LARS lr 0.3, wd 1e-4, projector 2048 -> 2048, asymmetric views.
+    recipe = dict(optimizer="lars", lr=0.3, weight_decay=1e-4, proj_hidden=2048, proj_dim=2048, aug="asymmetric")
+    lambd = 0.0051
+
+    def __init__(self, encoder, cfg):
+        super().__init__(encoder, cfg)
+        self.projector = mlp(encoder.dim, cfg.proj_hidden, cfg.proj_dim, layers=3)
+
+    def forward(self, v1, v2, labels=None):
+        z1, z2 = self.projector(self.encoder(v1)), self.projector(self.encoder(v2))
+        return {"loss": losses.barlow_twins_loss(z1.float(), z2.float(), self.lambd)}

@@ -1,0 +1,76 @@
+"""BYOL (Grill et al. 2020): an online network predicts a slowly moving target network.
+
+    online:  p_i = q(g(f(x_i)))          target:  t_i = g'(f'(x_i))  (no gradient)
+    L = byol(p1, t2) + byol(p2, t1),  byol(p, t) = mean over the batch of 2 - 2 cos(p, t)
+    (``fastssl.losses.byol_loss``; the sum over both view orders, DESIGN section 3)
+
+The target (f', g') starts as a copy of the online encoder and projector and, after every
+optimiser step, moves towards them by an exponential moving average,
+theta' <- tau theta' + (1 - tau) theta, with tau following the cosine schedule
+tau(k) = 1 - (1 - tau_base) (cos(pi k / K) + 1) / 2 from tau_base = 0.99 (k = 0) to 1.0 (k = K).
+The update is one ``torch._foreach_lerp_`` over all parameters (no Python loop of small kernels).
+Target parameters never require grad and are not in the optimiser (so not in its checkpointed
+state); they are ordinary submodules, so ``state_dict()`` and therefore the checkpoint carry them
+and ``--resume`` restores them exactly. The target's BatchNorm statistics come from its own
+forward passes (it runs in training mode like the online network); only parameters are averaged.
+"""
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+
+from .. import losses
+from ..models import mlp
+from .base import Method, register
+
+
+def ema_momentum(step: int, total_steps: int, base: float = 0.99) -> float:
+    """tau(k) = 1 - (1 - base) (cos(pi k / K) + 1) / 2: base at k = 0, 1.0 at k >= K."""
+    t = min(1.0, step / max(1, total_steps))
+    return 1.0 - (1.0 - base) * (math.cos(math.pi * t) + 1.0) / 2.0
+
+
+@register("byol")
+class BYOL(Method):
+    # solo-learn's CIFAR recipe: LARS lr 1.0, wd 1e-5, projector 2048 -> 256 (predictor hidden = projector
+    # hidden), asymmetric views.
+    recipe = dict(optimizer="lars", lr=1.0, weight_decay=1e-5, proj_hidden=2048, proj_dim=256, aug="asymmetric")
+    ema_base = 0.99
+
+    def __init__(self, encoder, cfg):
+        super().__init__(encoder, cfg)
+        self.projector = mlp(encoder.dim, cfg.proj_hidden, cfg.proj_dim)
+        self.predictor = mlp(cfg.proj_dim, cfg.proj_hidden, cfg.proj_dim)
+        self.target_encoder = copy.deepcopy(encoder).requires_grad_(False)
+        self.target_projector = copy.deepcopy(self.projector).requires_grad_(False)
+        self.momentum = self.ema_base  # the tau used by the latest update (reported as a metric)
+
+    def online_parameters(self) -> list[torch.nn.Parameter]:
+        return [*self.encoder.parameters(), *self.projector.parameters()]
+
+    def target_parameters(self) -> list[torch.nn.Parameter]:
+        return [*self.target_encoder.parameters(), *self.target_projector.parameters()]
+
+    def forward(self, v1, v2, labels=None):
+        p1 = self.predictor(self.projector(self.encoder(v1)))
+        p2 = self.predictor(self.projector(self.encoder(v2)))
+        with torch.no_grad():
+            t1 = self.target_projector(self.target_encoder(v1))
+            t2 = self.target_projector(self.target_encoder(v2))
+        loss = losses.byol_loss(p1.float(), t2.float()) + losses.byol_loss(p2.float(), t1.float())
+        return {"loss": loss}
+
+    def param_groups(self):
+        target = {id(p) for p in self.target_parameters()}
+        return [{**g, "params": [p for p in g["params"] if id(p) not in target]} for g in super().param_groups()]
+
+    @torch.no_grad()
+    def update_target(self, momentum: float) -> None:
+        """theta' <- momentum * theta' + (1 - momentum) * theta, in place, for all parameters at once."""
+        torch._foreach_lerp_(self.target_parameters(), self.online_parameters(), 1.0 - momentum)
+
+    def on_step(self, step: int, total_steps: int) -> None:
+        self.momentum = ema_momentum(step, total_steps, self.ema_base)
+        self.update_target(self.momentum)

@@ -1,0 +1,45 @@
+"""SimSiam (Chen & He 2021): a predictor on one branch and a stop-gradient on the other.
+
+    z_i = g(f(x_i)),  p_i = q(z_i),  L = 1/2 D(p1, sg(z2)) + 1/2 D(p2, sg(z1)),  D = -cos
+    (``fastssl.losses.negative_cosine``)
+
+As in the paper: a 3-layer projector ending in a BatchNorm, a bottleneck predictor
+(proj_dim -> proj_dim / 4 -> proj_dim, i.e. 2048 -> 512 -> 2048), and the predictor's learning
+rate is not decayed (its optimiser groups carry ``fixed_lr=True``: the training loop keeps them
+at the peak lr).
+"""
+import torch.nn.functional as F
+
+from .. import losses
+from ..models import mlp
+from .base import Method, register
+
+
+@register("simsiam")
+class SimSiam(Method):
+    # solo-learn's CIFAR recipe: SGD lr 0.5, wd 1e-5, projector 2048 -> 2048, predictor hidden 512.
+    recipe = dict(optimizer="sgd", lr=0.5, weight_decay=1e-5, proj_hidden=2048, proj_dim=2048, aug="default")
+
+    def __init__(self, encoder, cfg):
+        super().__init__(encoder, cfg)
+        self.projector = mlp(encoder.dim, cfg.proj_hidden, cfg.proj_dim, layers=3, last_bn=True)
+        self.predictor = mlp(cfg.proj_dim, max(1, cfg.proj_dim // 4), cfg.proj_dim)
+
+    def forward(self, v1, v2, labels=None):
+        z1, z2 = self.projector(self.encoder(v1)), self.projector(self.encoder(v2))
+        p1, p2 = self.predictor(z1), self.predictor(z2)
+        loss = 0.5 * losses.negative_cosine(p1.float(), z2.detach().float()) \
+            + 0.5 * losses.negative_cosine(p2.float(), z1.detach().float())
+        # The per-dimension std of normalised z (1/sqrt(d) when healthy, 0 when collapsed).
+        z_std = F.normalize(z1.detach().float(), dim=1).std(0).mean()
+        return {"loss": loss, "z_std": z_std}
+
+    def param_groups(self):
+        predictor = {id(p) for p in self.predictor.parameters()}
+        groups = []
+        for g in super().param_groups():
+            rest = [p for p in g["params"] if id(p) not in predictor]
+            mine = [p for p in g["params"] if id(p) in predictor]
+            groups.append({**g, "params": rest})
+            groups.append({**g, "params": mine, "fixed_lr": True})
+        return groups

@@ -1,0 +1,214 @@
+"""The five added methods (SupCon, Triplet, Barlow Twins, SimSiam, BYOL): registry and recipes,
+label routing, the loss going down, BYOL's EMA target (update, schedule, optimiser, checkpoint,
+resume) and SimSiam's undecayed predictor lr."""
+import json
+import math
+
+import pytest
+import torch
+
+from fastssl import methods
+from fastssl import train as train_mod
+from fastssl.cli import main
+from fastssl.config import FAST_PRESETS, parse_args, resolve
+from fastssl.methods.byol import ema_momentum
+from fastssl.models import build_encoder
+from fastssl.optim import build_optimizer
+
+NEW = ["supcon", "triplet", "barlow", "simsiam", "byol"]
+TINY = ["--width", "8", "--batch-size", "16", "--proj-hidden", "32", "--proj-dim", "16", "--knn-k", "10",
+        "--device", "cpu", "--no-progress", "--warmup-epochs", "0.5", "--lr", "0.2", "--no-linear-eval"]
+
+
+def build(name, *extra):
+    cfg = resolve(parse_args(["--method", name, *TINY, *extra]))
+    torch.manual_seed(0)
+    return methods.get_method(name)(build_encoder("resnet18", 8), cfg)
+
+
+def run(out, tiny_folder, method, *extra):
+    return main(["--method", method, "--data", str(tiny_folder), "--out", str(out), *TINY, *extra])
+
+
+def test_registry_recipes_and_labels_flag():
+    assert set(methods.available()) >= {"simclr", "dare", *NEW}
+    for name in NEW:
+        cls = methods.get_method(name)
+        assert cls.uses_labels == (name in ("supcon", "triplet"))
+        cfg = resolve(parse_args(["--method", name, "--device", "cpu"]))
+        for key, value in cls.recipe.items():
+            assert getattr(cfg, key) == value, (name, key)
+    expect = dict(supcon=("sgd", 0.4), barlow=("lars", 0.3), simsiam=("sgd", 0.5), byol=("lars", 1.0))
+    for name, (opt, lr) in expect.items():
+        assert methods.get_method(name).recipe["optimizer"] == opt and methods.get_method(name).recipe["lr"] == lr
+    assert methods.get_method("barlow").recipe["aug"] == methods.get_method("byol").recipe["aug"] == "asymmetric"
+    assert methods.get_method("simsiam").recipe["proj_dim"] == methods.get_method("barlow").recipe["proj_dim"] == 2048
+    cfg = resolve(parse_args(["--method", "triplet", "--device", "cpu", "--triplet-mining", "batch_hard"]))
+    assert cfg.triplet_mining == "batch_hard" and cfg.triplet_margin == 0.2
+
+
+def test_fast_cpu_overrides_merge_over_the_preset():
+    for name in ["simclr", "dare", *NEW]:
+        cls = methods.get_method(name)
+        cfg = resolve(parse_args(["--method", name, "--fast", "--device", "cpu"]))
+        for key, value in {**FAST_PRESETS["cpu"], **cls.fast_cpu}.items():
+            assert getattr(cfg, key) == value, (name, key)
+    cfg = resolve(parse_args(["--method", "byol", "--fast", "--device", "cpu", "--lr", "0.123"]))
+    assert cfg.lr == 0.123  # the command line still wins
+
+
+@pytest.mark.parametrize("name", NEW)
+def test_loss_goes_down_on_a_fixed_batch(name):
+    model = build(name)
+    opt = torch.optim.SGD([g["params"] for g in model.param_groups()][0] + model.param_groups()[1]["params"]
+                          if name != "simsiam" else [p for g in model.param_groups() for p in g["params"]],
+                          lr=0.05, momentum=0.9)
+    g = torch.Generator().manual_seed(1)
+    v1, v2 = torch.randn(8, 3, 16, 16, generator=g), torch.randn(8, 3, 16, 16, generator=g)
+    y = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
+    losses = []
+    for step in range(25):
+        loss = model(v1, v2, y if model.uses_labels else None)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        model.on_step(step, 25)
+        losses.append(loss.item())
+    assert all(math.isfinite(v) for v in losses)
+    assert losses[-1] < losses[0] - 0.1 * abs(losses[0]), losses
+
+
+def test_supervised_methods_need_labels():
+    for name in ("supcon", "triplet"):
+        with pytest.raises(ValueError, match="labels"):
+            build(name)(torch.randn(4, 3, 16, 16), torch.randn(4, 3, 16, 16))
+
+
+@pytest.mark.parametrize("name", NEW)
+def test_end_to_end_loss_goes_down_and_labels_reach_only_supervised(tmp_path, tiny_folder, monkeypatch, name):
+    cls = methods.get_method(name)
+    seen = []
+    real_forward = cls.forward
+
+    def spy(self, v1, v2, labels=None):
+        seen.append(labels)
+        return real_forward(self, v1, v2, labels)
+
+    monkeypatch.setattr(cls, "forward", spy)
+    assert run(tmp_path, tiny_folder, name, "--epochs", "4", "--lr", "0.1") == 0
+    assert seen and all((lab is not None) == cls.uses_labels for lab in seen)
+    if cls.uses_labels:
+        assert all(lab.dtype == torch.int64 and lab.shape == (16,) for lab in seen)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and all(math.isfinite(r["loss"]) for r in rows)
+    assert rows[-1]["loss"] < rows[0]["loss"], [r["loss"] for r in rows]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["method"] == name and 0 <= summary["knn_top1"] <= 100
+
+
+# ------------------------------------------------------------------ BYOL's target network
+
+def test_ema_schedule_endpoints_and_shape():
+    assert ema_momentum(0, 100) == pytest.approx(0.99)
+    assert ema_momentum(100, 100) == pytest.approx(1.0)
+    assert ema_momentum(50, 100) == pytest.approx(0.995)
+    assert ema_momentum(200, 100) == pytest.approx(1.0)
+    assert ema_momentum(0, 10, base=0.9) == pytest.approx(0.9)
+    values = [ema_momentum(k, 100) for k in range(101)]
+    assert all(a <= b for a, b in zip(values, values[1:]))
+    # Cosine shape: tau(k) = 1 - 0.01 (cos(pi k / K) + 1) / 2.
+    assert ema_momentum(25, 100) == pytest.approx(1 - 0.01 * (math.cos(math.pi / 4) + 1) / 2, rel=1e-12)
+
+
+def test_ema_update_is_the_exact_average_and_leaves_buffers_alone():
+    model = build("byol")
+    assert all(not p.requires_grad for p in model.target_parameters())
+    for p, q in zip(model.online_parameters(), model.target_parameters()):
+        assert torch.equal(p, q) and p.data_ptr() != q.data_ptr()  # a copy, not shared storage
+    with torch.no_grad():
+        for p in model.online_parameters():
+            p.add_(torch.randn_like(p))
+    online = [p.detach().clone() for p in model.online_parameters()]
+    target = [p.detach().clone() for p in model.target_parameters()]
+    buffers = {k: v.clone() for k, v in model.target_encoder.state_dict().items() if "running" in k}
+    model.on_step(30, 100)
+    tau = ema_momentum(30, 100)
+    assert model.momentum == tau
+    for t_new, t_old, o in zip(model.target_parameters(), target, online):
+        torch.testing.assert_close(t_new, tau * t_old + (1 - tau) * o, rtol=1e-6, atol=1e-7)
+    for p, o in zip(model.online_parameters(), online):
+        assert torch.equal(p, o)  # the online network is untouched
+    for k, v in model.target_encoder.state_dict().items():
+        if k in buffers:
+            assert torch.equal(v, buffers[k])
+    model.on_step(100, 100)  # tau = 1 at the end: no change
+    after = [p.detach().clone() for p in model.target_parameters()]
+    model.on_step(100, 100)
+    assert all(torch.equal(a, b) for a, b in zip(after, model.target_parameters()))
+
+
+def test_byol_target_not_optimised_but_checkpointed(tmp_path, tiny_folder):
+    model = build("byol")
+    in_groups = {id(p) for g in model.param_groups() for p in g["params"]}
+    assert in_groups.isdisjoint(id(p) for p in model.target_parameters())
+    assert in_groups == {id(p) for p in model.parameters() if p.requires_grad}
+    # The target gets no gradient from the loss.
+    model(torch.randn(4, 3, 16, 16), torch.randn(4, 3, 16, 16))["loss"].backward()
+    assert all(p.grad is None for p in model.target_parameters())
+
+    assert run(tmp_path, tiny_folder, "byol", "--epochs", "1") == 0
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    n_online = sum(1 for k, v in model.named_parameters() if v.requires_grad)
+    assert sum(len(g["params"]) for g in ckpt["optimizer"]["param_groups"]) == n_online
+    assert len(ckpt["optimizer"]["state"]) <= n_online
+    assert any(k.startswith("target_encoder.") for k in ckpt["method"])
+    assert any(k.startswith("target_projector.") for k in ckpt["method"])
+    # After training the target differs from both its initial copy and the online network.
+    enc = {k[len("encoder."):]: v for k, v in ckpt["method"].items() if k.startswith("encoder.")}
+    tgt = {k[len("target_encoder."):]: v for k, v in ckpt["method"].items() if k.startswith("target_encoder.")}
+    assert enc.keys() == tgt.keys()
+    assert any(not torch.equal(enc[k], tgt[k]) for k in enc if "weight" in k)
+
+
+def test_byol_resume_matches_uninterrupted_run(tmp_path, tiny_folder, monkeypatch):
+    assert run(tmp_path / "a", tiny_folder, "byol", "--epochs", "3") == 0
+
+    real_save, saves = train_mod.atomic_save, []
+
+    def save_then_die(obj, path):
+        real_save(obj, path)
+        saves.append(path)
+        if len(saves) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_mod, "atomic_save", save_then_die)
+    assert run(tmp_path / "b", tiny_folder, "byol", "--epochs", "3") == 130
+    monkeypatch.setattr(train_mod, "atomic_save", real_save)
+    assert run(tmp_path / "b", tiny_folder, "byol", "--epochs", "3", "--resume") == 0
+
+    a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)
+    b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
+    assert a["epoch"] == b["epoch"] == 3 and a["method"].keys() == b["method"].keys()
+    assert any(k.startswith("target_") for k in a["method"])
+    for k in a["method"]:
+        torch.testing.assert_close(a["method"][k], b["method"][k], rtol=1e-5, atol=1e-6, msg=k)
+    assert [r["loss"] for r in a["history"]] == pytest.approx([r["loss"] for r in b["history"]], rel=1e-5)
+
+
+# ------------------------------------------------------------------ SimSiam's predictor lr
+
+def test_simsiam_predictor_keeps_peak_lr(tmp_path, tiny_folder):
+    model = build("simsiam")
+    groups = model.param_groups()
+    pred = {id(p) for p in model.predictor.parameters()}
+    fixed = [g for g in groups if g.get("fixed_lr")]
+    assert {id(p) for g in fixed for p in g["params"]} == pred
+    assert all(pred.isdisjoint(id(p) for p in g["params"]) for g in groups if not g.get("fixed_lr"))
+    build_optimizer("sgd", groups, lr=0.1, weight_decay=1e-5)  # extra group keys are accepted
+
+    assert run(tmp_path, tiny_folder, "simsiam", "--epochs", "2") == 0
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    peak = 0.2 * 16 / 256
+    lrs = [(g.get("fixed_lr", False), g["lr"]) for g in ckpt["optimizer"]["param_groups"]]
+    assert all(lr == pytest.approx(peak) for f, lr in lrs if f)
+    assert all(lr < 0.2 * peak for f, lr in lrs if not f)  # the rest followed the cosine decay
