@@ -1,8 +1,8 @@
 """``python -m data_prep``: load (and cache) a dataset, print a summary.
 
 The parser is built by :func:`build_parser` and the work done by :func:`prepare`, which returns
-the loaded Dataset; output formats (FFCV .beton, DALI shards) will hang off that Dataset later,
-as a ``--formats`` option or subcommands, without changing the existing flags.
+the loaded Dataset; ``--formats all`` (or a list) also converts it into the FFCV .beton and DALI
+webdataset files (see data_prep/formats.py), idempotently, in the cache next to the arrays.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import sys
 from .cache import CACHE_ENV
 from .dataset import Dataset
 from .errors import DataError
+from .formats import DEFAULT_JPEG_QUALITY, FORMATS, ensure_formats
 from .load import DATA_ENV, load_dataset
 from .specs import DATASETS
 
@@ -42,6 +43,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="never download; fail if the data is not found locally (default: download if needed)",
     )
     parser.add_argument(
+        "--formats", metavar="LIST", default=None,
+        help=f"also convert to these formats: all, or a comma-separated list of {', '.join(FORMATS)} "
+        "(default: none, only the canonical arrays)",
+    )
+    parser.add_argument(
+        "--jpeg-quality", metavar="Q", type=int, default=DEFAULT_JPEG_QUALITY,
+        help="JPEG quality of the ffcv-jpg and dali formats (default: %(default)s)",
+    )
+    parser.add_argument(
         "-q", "--quiet", action="store_true", help="no progress bars or notes (default: off)"
     )
     return parser
@@ -58,14 +68,23 @@ def prepare(args: argparse.Namespace) -> Dataset:
     )
 
 
+def convert(ds: Dataset, args: argparse.Namespace) -> dict:
+    """Write (or find up to date) every format asked for by ``--formats``, both splits."""
+    return ensure_formats(ds, args.formats, cache_dir=args.cache_dir, jpeg_quality=args.jpeg_quality,
+                          verbose=not args.quiet)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         ds = prepare(args)
+        paths = convert(ds, args) if args.formats else {}
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(ds.summary())
+    for (fmt, split), path in paths.items():
+        print(f"  {fmt + ' ' + split + ':':16s} {path}")
     return 0
 
 
