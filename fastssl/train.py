@@ -17,8 +17,9 @@ from data_prep import load_dataset
 from . import methods
 from .augment import TwoViewAugment, policy_pair
 from .config import Config
-from .data import ResidentLoader, epoch_seed, to_nchw
+from .data import epoch_seed, to_nchw
 from .eval import extract_features, knn_top1, linear_probe
+from .loaders import build_loader
 from .models import build_encoder
 from .optim import build_optimizer, lr_at
 
@@ -95,14 +96,13 @@ def train(cfg: Config) -> dict:
 
     ds = load_dataset(cfg.dataset, cfg.data)
     train_idx = _subset(len(ds.train_y), cfg.train_subset, cfg.seed).numpy()
-    images, labels = to_nchw(ds.train_x[train_idx], device), torch.from_numpy(ds.train_y[train_idx]).to(device)
     evaluator = Evaluator(ds, cfg, device)
-    print(f"data: {ds.name} from {ds.source}; training on {len(images)} images, kNN bank {len(evaluator.bank_y)}"
+    print(f"data: {ds.name} from {ds.source}; training on {len(train_idx)} images, kNN bank {len(evaluator.bank_y)}"
           f" train images, {len(evaluator.query_y)} test queries")
 
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
     augment = TwoViewAugment(*policy_pair(cfg.aug), ds.mean, ds.std, channels_last=cfg.channels_last)
-    loader = ResidentLoader(images, labels, cfg.batch_size, augment, seed=cfg.seed)
+    loader = build_loader(cfg, ds, train_idx, augment, device)
 
     torch.manual_seed(cfg.seed)
     method = methods.get_method(cfg.method)(build_encoder(cfg.encoder, cfg.width), cfg).to(device, memory_format=fmt)

@@ -1,0 +1,60 @@
+"""Pieces shared by the loaders: epoch order, batch counts, the output contract."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+
+from ..augment import AugmentPolicy, TwoViewAugment
+from ..data import epoch_seed
+
+
+def num_batches(n: int, batch_size: int, drop_last: bool) -> int:
+    return n // batch_size if drop_last else (n + batch_size - 1) // batch_size
+
+
+def check_sizes(n: int, batch_size: int, drop_last: bool) -> None:
+    if batch_size < 1:
+        raise ValueError(f"batch size must be >= 1, got {batch_size}")
+    if n == 0 or (drop_last and n < batch_size):
+        raise ValueError(f"batch size {batch_size} is larger than the dataset ({n} images)")
+
+
+def epoch_order(indices: np.ndarray, seed: int, epoch: int) -> np.ndarray:
+    """A permutation of ``indices`` that depends only on (seed, epoch)."""
+    gen = torch.Generator().manual_seed(epoch_seed(seed, epoch))
+    return indices[torch.randperm(len(indices), generator=gen).numpy()]
+
+
+def batches(order: np.ndarray, batch_size: int, drop_last: bool) -> list[np.ndarray]:
+    return [order[i * batch_size:(i + 1) * batch_size]
+            for i in range(num_batches(len(order), batch_size, drop_last))]
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A 63-bit seed for one sample of one epoch (a splitmix64 step of a mixed key)."""
+    z = (epoch_seed(seed, epoch) * 0x9E3779B97F4A7C15 + int(index) * 0xBF58476D1CE4E5B9) & (2**64 - 1)
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & (2**64 - 1)
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & (2**64 - 1)
+    return (z ^ (z >> 31)) >> 1
+
+
+def colour_only(policy: AugmentPolicy) -> AugmentPolicy:
+    """``policy`` without its geometric part (crop and flip done elsewhere)."""
+    return dataclasses.replace(policy, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_p=0.0)
+
+
+def finish(augment: TwoViewAugment, v: torch.Tensor) -> torch.Tensor:
+    """A normalised float (B, 3, H, W) view -> the contract's dtype and memory format."""
+    v = v.to(augment.out_dtype)
+    return v.contiguous(memory_format=torch.channels_last) if augment.channels_last else v.contiguous()
+
+
+def as_indices(indices, n: int) -> np.ndarray:
+    idx = np.arange(n, dtype=np.int64) if indices is None else np.asarray(indices, dtype=np.int64).reshape(-1)
+    if len(idx) and (idx.min() < 0 or idx.max() >= n):
+        raise ValueError(f"indices must lie in [0, {n})")
+    if len(np.unique(idx)) != len(idx):
+        raise ValueError("indices must be distinct")
+    return idx

@@ -1,0 +1,228 @@
+"""Loaders (CPU): the contract (shapes, dtypes, device, layout), every index once per epoch, the same
+epoch order everywhere, determinism, a clean stop mid-epoch, augmentation statistics that agree
+across loaders, a clear message when a package is missing, and a short training run with each.
+FFCV and DALI cases skip when the package is not installed."""
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from data_prep.dataset import Dataset
+from fastssl.augment import AugmentPolicy, TwoViewAugment, policy_pair
+from fastssl.cli import main
+from fastssl.loaders import LOADERS, MissingPackage, make_loader
+
+# Loader variants: (name, options, package needed).
+SPECS = {
+    "resident": ("resident", {}, None),
+    "torch": ("torch", {"workers": 2}, None),
+    "ffcv": ("ffcv", {}, "ffcv"),
+    "ffcv-crops": ("ffcv", {"crops": "ffcv"}, "ffcv"),
+    "ffcv-jpg": ("ffcv", {"mode": "jpg"}, "ffcv"),
+    "dali": ("dali", {}, "nvidia.dali"),
+}
+N, BATCH = 200, 64  # 200 = 3 * 64 + 8: a partial last batch
+
+# Stated tolerances for statistics over 2 epochs x 512 images x 2 views (normalised units, see below).
+CROP_SCALE_MEAN_TOL = 0.04   # |mean crop area fraction - resident's|; its sampling s.e. is ~0.006
+FLIP_RATE_TOL = 0.06         # |flip rate - 0.5| (s.e. 0.011)
+CHANNEL_MEAN_TOL = 0.12      # per channel and view, |mean - resident's| (s.e. of a difference ~0.04)
+CHANNEL_STD_TOL = 0.08       # per channel and view, |std - resident's|
+
+
+def spec(key):
+    name, opts, package = SPECS[key]
+    if package:
+        pytest.importorskip(package)
+    return name, dict(opts)
+
+
+def dataset(images: np.ndarray) -> Dataset:
+    n = len(images)
+    labels = np.arange(n, dtype=np.int64)  # label = index: coverage is visible in the labels
+    return Dataset("cifar10", images, labels, images[:8], labels[:8], [str(i) for i in range(n)], "synthetic")
+
+
+def ramps(n: int) -> np.ndarray:
+    """R = 8 x + 4, G = 8 y + 4: a view's R/G range gives its crop box, its R slope the flip."""
+    yy, xx = np.mgrid[0:32, 0:32]
+    ramp = np.stack([xx * 8 + 4, yy * 8 + 4, np.full_like(xx, 128)], -1).astype(np.uint8)
+    return np.repeat(ramp[None], n, 0)
+
+
+def photo_like(n: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:32, 0:32]
+    out = np.empty((n, 32, 32, 3))
+    for i in range(n):
+        c, d = rng.uniform(40, 215, 3), rng.uniform(-3, 3, (2, 3))
+        out[i] = c + xx[..., None] * d[0] + yy[..., None] * d[1] + 30 * np.sin(xx[..., None] / rng.uniform(2, 6) + rng.uniform(0, 6, 3))
+    return out.clip(0, 255).astype(np.uint8)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """On a shared 2-core machine, multi-threaded small CPU ops can be 100x slower than one thread
+    when the other core is busy; the loaders' own workers provide the parallelism here."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """One cache for the module: formats are converted once per dataset."""
+    return tmp_path_factory.mktemp("loader-cache")
+
+
+@pytest.fixture(scope="module")
+def small():
+    return dataset(photo_like(N))
+
+
+def loader(key, ds, cache, aug=None, indices=None, drop_last=True, batch=BATCH, seed=3):
+    name, opts = spec(key)
+    aug = aug or TwoViewAugment(*policy_pair("default"), ds.mean, ds.std)
+    return make_loader(name, ds, indices, batch, aug, "cpu", seed=seed, drop_last=drop_last, cache_dir=cache,
+                       verbose=False, **opts)
+
+
+def run_epoch(ld, epoch):
+    ld.set_epoch(epoch)
+    return [(v1.clone(), v2.clone(), y.clone()) for v1, v2, y in ld]
+
+
+def test_loader_names():
+    assert LOADERS == ("resident", "ffcv", "dali", "torch")
+
+
+@pytest.mark.parametrize("key", list(SPECS))
+def test_contract_coverage_order_determinism(key, small, cache):
+    ld = loader(key, small, cache)
+    assert len(ld) == N // BATCH
+    out = run_epoch(ld, 0)
+    assert len(out) == N // BATCH
+    for v1, v2, y in out:
+        for v in (v1, v2):
+            assert v.shape == (BATCH, 3, 32, 32) and v.dtype == torch.float32 and v.device.type == "cpu"
+            assert v.is_contiguous(memory_format=torch.channels_last) and torch.isfinite(v).all()
+        assert y.shape == (BATCH,) and y.dtype == torch.int64
+        assert not torch.equal(v1, v2)
+    seen = torch.cat([y for _, _, y in out])
+    assert len(set(seen.tolist())) == len(seen) == (N // BATCH) * BATCH  # no duplicates; drop_last drops 8
+    # The epoch order is the same permutation for every loader (that of the resident loader).
+    ref = loader("resident", small, cache)
+    assert torch.equal(seen, torch.cat([y for _, _, y in run_epoch(ref, 0)]))
+    # Another epoch, another order; the same epoch again, the same batches (views included).
+    again = run_epoch(ld, 1)
+    assert not torch.equal(seen, torch.cat([y for _, _, y in again]))
+    for (a1, a2, ay), (b1, b2, by) in zip(again, run_epoch(ld, 1)):
+        assert torch.equal(ay, by) and torch.equal(a1, b1) and torch.equal(a2, b2)
+    # Batches kept from earlier steps are not overwritten by later ones (FFCV reuses buffers).
+    kept = [(v1, y) for v1, _, y in ld]
+    assert all(torch.equal(k[1], o[2]) for k, o in zip(kept, again))
+    assert all(torch.equal(k[0], o[0]) for k, o in zip(kept, again))
+
+
+@pytest.mark.parametrize("key", list(SPECS))
+def test_no_drop_last_subset_and_stop_mid_epoch(key, small, cache):
+    subset = np.arange(0, N, 2)[:90]  # 90 = 64 + 26
+    ld = loader(key, small, cache, indices=subset, drop_last=False)
+    assert len(ld) == 2
+    # Stop after one batch (the loader must shut down cleanly), then a full epoch.
+    for _ in ld:
+        break
+    out = run_epoch(ld, 0)
+    assert [len(y) for _, _, y in out] == [64, 26]
+    assert sorted(torch.cat([y for _, _, y in out]).tolist()) == subset.tolist()
+
+
+def geometry_stats(views):
+    """Crop area fraction and flip of each view of the ramp images (colour ops off)."""
+    x = torch.cat(views) * 64 + 128  # un-normalise (mean 128, std 64)
+    r, g = x[:, 0], x[:, 1]
+    w = (r.amax((1, 2)) - r.amin((1, 2))) / 8 + 1
+    h = (g.amax((1, 2)) - g.amin((1, 2))) / 8 + 1
+    flipped = (r[:, :, -1] - r[:, :, 0]).mean(1) < 0
+    return w * h / 1024, flipped.float()
+
+
+@pytest.fixture(scope="module")
+def reference_stats(cache):
+    return {"geometry": _geometry(("resident",), cache), "colour": _colour("resident", cache)}
+
+
+def _views(key, ds, aug, cache):
+    ld = loader(key, ds, cache, aug=aug, batch=128, seed=1)
+    views = [[], []]
+    for epoch in range(2):
+        for v1, v2, _ in run_epoch(ld, epoch):
+            views[0].append(v1)
+            views[1].append(v2)
+    return views
+
+
+def _geometry(key, cache):
+    geo = AugmentPolicy(jitter_p=0.0, gray_p=0.0)
+    views = _views(key[0], dataset(ramps(512)), TwoViewAugment(geo, geo, (128.0,) * 3, (64.0,) * 3), cache)
+    return geometry_stats(views[0] + views[1])
+
+
+def _colour(key, cache):
+    ds = dataset(photo_like(512, seed=1))
+    out = {}
+    for name in ("default", "asymmetric"):
+        views = _views(key, ds, TwoViewAugment(*policy_pair(name), ds.mean, ds.std), cache)
+        out[name] = [(torch.cat(v).mean((0, 2, 3)), torch.cat(v).std((0, 2, 3))) for v in views]
+    return out
+
+
+@pytest.mark.parametrize("key", [k for k in SPECS if k != "resident"])
+def test_augmentation_statistics_agree(key, cache, reference_stats):
+    spec(key)
+    scale, flip = _geometry((key,), cache)
+    ref_scale, ref_flip = reference_stats["geometry"]
+    assert len(scale) == len(ref_scale) == 2048
+    assert abs(scale.mean() - ref_scale.mean()) < CROP_SCALE_MEAN_TOL
+    q = torch.tensor([0.1, 0.5, 0.9])
+    assert (scale.quantile(q) - ref_scale.quantile(q)).abs().max() < 2 * CROP_SCALE_MEAN_TOL
+    assert 0.07 <= scale.min() and scale.max() <= 1.05  # JPEG noise blurs the estimate a little
+    assert abs(flip.mean() - 0.5) < FLIP_RATE_TOL and abs(ref_flip.mean() - 0.5) < FLIP_RATE_TOL
+    colour = _colour(key, cache)
+    for name, views in colour.items():
+        for (mean, std), (ref_mean, ref_std) in zip(views, reference_stats["colour"][name]):
+            assert (mean - ref_mean).abs().max() < CHANNEL_MEAN_TOL, (name, mean, ref_mean)
+            assert (std - ref_std).abs().max() < CHANNEL_STD_TOL, (name, std, ref_std)
+    # Solarisation (asymmetric view 2) visibly darkens: every loader implements it.
+    (m1, _), (m2, _) = colour["asymmetric"]
+    assert (m2 - m1).mean() < -0.05
+
+
+@pytest.mark.parametrize("key,module,extra", [("ffcv", "ffcv.loader", "ffcv"), ("dali", "nvidia.dali", "dali")])
+def test_missing_package_is_a_clear_error(key, module, extra, small, cache, monkeypatch):
+    monkeypatch.setitem(sys.modules, module, None)  # import fails as if not installed
+    with pytest.raises(MissingPackage, match=rf"pip install 'fastssl\[{extra}\]'"):
+        make_loader(key, small, None, BATCH, TwoViewAugment(*policy_pair("default"), small.mean, small.std), "cpu",
+                    cache_dir=cache, verbose=False)
+
+
+def test_unknown_loader(small):
+    with pytest.raises(ValueError, match="resident, ffcv, dali, torch"):
+        make_loader("nope", small, None, BATCH, None, "cpu")
+
+
+@pytest.mark.parametrize("name", ["torch", "ffcv", "dali"])
+def test_short_training_run(name, tmp_path, tiny_folder):
+    if name != "torch":
+        pytest.importorskip({"ffcv": "ffcv", "dali": "nvidia.dali"}[name])
+    out = tmp_path / name
+    code = main(["--method", "simclr", "--data", str(tiny_folder), "--out", str(out), "--loader", name,
+                 "--width", "8", "--batch-size", "16", "--proj-hidden", "32", "--proj-dim", "16", "--knn-k", "10",
+                 "--device", "cpu", "--no-progress", "--epochs", "1", "--no-linear-eval"])
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["config"]["loader"] == name and summary["steps"] == 80 // 16
+    assert summary["knn_top1"] is not None
