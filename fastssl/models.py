@@ -111,13 +111,16 @@ class GaussianHead(nn.Module):
 
     A shared Linear-BN-ReLU trunk then two linear outputs. logvar is soft-clamped to
     [-logvar_bound, logvar_bound] with tanh so that exp(logvar) can neither vanish nor explode.
+    logvar starts near ``logvar_init`` (sigma = exp(-2) ~ 0.14 by default): at sigma ~ 1 the noise
+    would swamp mu (whose entries start around 0.4) and the contrastive signal with it.
     """
 
-    def __init__(self, din: int, hidden: int, dout: int, logvar_bound: float = 8.0):
+    def __init__(self, din: int, hidden: int, dout: int, logvar_bound: float = 8.0, logvar_init: float = -4.0):
         super().__init__()
         self.trunk = nn.Sequential(nn.Linear(din, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True))
         self.mu = nn.Linear(hidden, dout)
         self.logvar = nn.Linear(hidden, dout)
+        nn.init.constant_(self.logvar.bias, logvar_init)
         self.logvar_bound = logvar_bound
 
     def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
