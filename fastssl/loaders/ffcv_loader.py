@@ -20,7 +20,9 @@ first and last index), which the epoch's order fixes: reproducible as well.
 
 FFCV pitfalls handled here: batch buffers are reused (labels are copied; views are new tensors),
 an epoch abandoned mid-way is shut down properly (terminate, drain, join) so that the process does
-not hang or abort at exit, and ``NUMBA_CACHE_DIR`` defaults to ``<fastssl cache>/numba``.
+not hang or abort at exit, ``NUMBA_CACHE_DIR`` defaults to ``<fastssl cache>/numba``, and the
+torch thread count that importing ffcv resets to 1 is restored (FFCV then sets it to its worker
+count, which on a CPU device defaults to that same thread count).
 """
 from __future__ import annotations
 
@@ -52,7 +54,9 @@ def _set_numba_cache() -> None:
 
 def _ffcv():
     _set_numba_cache()
+    threads = torch.get_num_threads()
     require("ffcv.loader", "--loader ffcv")
+    torch.set_num_threads(threads)  # importing ffcv sets torch's thread count to 1: undo that
     import ffcv.fields.decoders as decoders
     import ffcv.loader as loader
     import ffcv.transforms as transforms
