@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -20,6 +21,15 @@ def shared_data() -> Path | None:
 def _private_cache(tmp_path_factory, monkeypatch):
     """Every test gets a cache dir of its own: nothing is read from or written to ~/.cache."""
     monkeypatch.setenv("FASTSSL_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
+@pytest.fixture
+def float64():
+    """float64 as the default dtype for exact comparisons, restored afterwards (it is global state)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
 
 
 def make_image_folder(root: Path, per_class_train: int = 8, per_class_test: int = 4, seed: int = 0) -> Path:

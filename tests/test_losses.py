@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from fastssl.losses import gaussian_jsd, ntxent_loss, reparameterize, supcon_loss
 
-torch.set_default_dtype(torch.float64)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def loop_ntxent(z1, z2, tau, variant):

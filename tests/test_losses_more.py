@@ -8,7 +8,7 @@ import torch
 from fastssl.losses import (barlow_twins_loss, byol_loss, negative_cosine, ntxent_loss, supcon_loss,
                             triplet_loss)
 
-torch.set_default_dtype(torch.float64)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 # ------------------------------------------------------------------ Barlow Twins
