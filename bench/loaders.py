@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import importlib
 import json
 import os
 import platform
@@ -76,11 +75,14 @@ def parse_args(argv=None):
 
 
 def versions() -> dict:
+    """Installed distributions (ffcv 1.0.2's own __version__ says 0.0.3rc1: ask the metadata)."""
+    from importlib import metadata
+
     out = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__}
-    for name, module in (("ffcv", "ffcv"), ("nvidia-dali", "nvidia.dali"), ("numba", "numba"), ("pillow", "PIL")):
+    for name in ("ffcv", "nvidia-dali-cuda120", "nvidia-dali-cuda130", "numba", "pillow"):
         try:
-            out[name] = getattr(importlib.import_module(module), "__version__", "?")
-        except ImportError:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
             out[name] = None
     return out
 
