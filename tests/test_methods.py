@@ -60,9 +60,7 @@ def test_fast_cpu_overrides_merge_over_the_preset():
 @pytest.mark.parametrize("name", NEW)
 def test_loss_goes_down_on_a_fixed_batch(name):
     model = build(name)
-    opt = torch.optim.SGD([g["params"] for g in model.param_groups()][0] + model.param_groups()[1]["params"]
-                          if name != "simsiam" else [p for g in model.param_groups() for p in g["params"]],
-                          lr=0.05, momentum=0.9)
+    opt = torch.optim.SGD([p for g in model.param_groups() for p in g["params"]], lr=0.05, momentum=0.9)
     g = torch.Generator().manual_seed(1)
     v1, v2 = torch.randn(8, 3, 16, 16, generator=g), torch.randn(8, 3, 16, 16, generator=g)
     y = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
@@ -76,6 +74,15 @@ def test_loss_goes_down_on_a_fixed_batch(name):
         losses.append(loss.item())
     assert all(math.isfinite(v) for v in losses)
     assert losses[-1] < losses[0] - 0.1 * abs(losses[0]), losses
+
+
+@pytest.mark.parametrize("name", NEW)
+def test_loss_is_computed_in_fp32_under_autocast(name):
+    model = build(name)
+    v1, v2, y = torch.randn(4, 3, 16, 16), torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 0, 1])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(v1, v2, y if model.uses_labels else None)["loss"]
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
 
 
 def test_supervised_methods_need_labels():

@@ -6,6 +6,8 @@ standardised over the batch, close to the identity.
 lambda = 0.0051 (the official value). The projector has three layers (Linear-BN-ReLU twice, then
 Linear), as in the official code. No labels, no negatives, no stop-gradient.
 """
+import torch
+
 from .. import losses
 from ..models import mlp
 from .base import Method, register
@@ -23,4 +25,6 @@ class BarlowTwins(Method):
 
     def forward(self, v1, v2, labels=None):
         z1, z2 = self.projector(self.encoder(v1)), self.projector(self.encoder(v2))
-        return {"loss": losses.barlow_twins_loss(z1.float(), z2.float(), self.lambd)}
+        with torch.autocast(z1.device.type, enabled=False):  # C_ii ~ 1 needs fp32, not a bf16 matmul
+            loss = losses.barlow_twins_loss(z1.float(), z2.float(), self.lambd)
+        return {"loss": loss}

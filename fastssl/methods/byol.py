@@ -59,7 +59,8 @@ class BYOL(Method):
         with torch.no_grad():
             t1 = self.target_projector(self.target_encoder(v1))
             t2 = self.target_projector(self.target_encoder(v2))
-        loss = losses.byol_loss(p1.float(), t2.float()) + losses.byol_loss(p2.float(), t1.float())
+        with torch.autocast(p1.device.type, enabled=False):  # the loss in fp32 under --amp
+            loss = losses.byol_loss(p1.float(), t2.float()) + losses.byol_loss(p2.float(), t1.float())
         return {"loss": loss}
 
     def param_groups(self):

@@ -8,6 +8,7 @@ As in the paper: a 3-layer projector ending in a BatchNorm, a bottleneck predict
 rate is not decayed (its optimiser groups carry ``fixed_lr=True``: the training loop keeps them
 at the peak lr).
 """
+import torch
 import torch.nn.functional as F
 
 from .. import losses
@@ -28,8 +29,9 @@ class SimSiam(Method):
     def forward(self, v1, v2, labels=None):
         z1, z2 = self.projector(self.encoder(v1)), self.projector(self.encoder(v2))
         p1, p2 = self.predictor(z1), self.predictor(z2)
-        loss = 0.5 * losses.negative_cosine(p1.float(), z2.detach().float()) \
-            + 0.5 * losses.negative_cosine(p2.float(), z1.detach().float())
+        with torch.autocast(z1.device.type, enabled=False):  # the loss in fp32 under --amp
+            loss = 0.5 * losses.negative_cosine(p1.float(), z2.detach().float()) \
+                + 0.5 * losses.negative_cosine(p2.float(), z1.detach().float())
         # The per-dimension std of normalised z (1/sqrt(d) when healthy, 0 when collapsed).
         z_std = F.normalize(z1.detach().float(), dim=1).std(0).mean()
         return {"loss": loss, "z_std": z_std}

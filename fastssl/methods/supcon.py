@@ -4,6 +4,8 @@
 
 Every image with the anchor's label (both views) is a positive. Uses the labels.
 """
+import torch
+
 from kernels import dispatch
 
 from ..models import mlp
@@ -25,6 +27,7 @@ class SupCon(Method):
         if labels is None:
             raise ValueError("supcon is supervised: forward needs the labels")
         z1, z2 = self.projector(self.encoder(v1)), self.projector(self.encoder(v2))
-        loss = dispatch.contrastive_loss(z1.float(), z2.float(), self.cfg.temperature, labels=labels,
-                                         backend=self.cfg.backend)
+        with torch.autocast(z1.device.type, enabled=False):  # similarities in fp32 under --amp
+            loss = dispatch.contrastive_loss(z1.float(), z2.float(), self.cfg.temperature, labels=labels,
+                                             backend=self.cfg.backend)
         return {"loss": loss}
