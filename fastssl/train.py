@@ -75,7 +75,11 @@ class Evaluator:
 
 
 def train(cfg: Config) -> dict:
-    """Run (or resume) one pretraining job described by a resolved ``cfg``; returns the summary."""
+    """Run (or resume) one pretraining job described by a resolved ``cfg``; returns the summary.
+
+    ``wall_s`` counts everything this call does (data loading, evaluation included), summed over resumes.
+    """
+    t_start = time.perf_counter()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / CHECKPOINT
@@ -123,7 +127,6 @@ def train(cfg: Config) -> dict:
     else:
         knn_init = evaluator.knn(method.encoder)
         print(f"kNN top-1 before training: {knn_init:.2f}%")
-    t_start = time.perf_counter()
 
     for epoch in range(start_epoch, cfg.epochs):
         loader.set_epoch(epoch)
