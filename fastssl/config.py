@@ -41,6 +41,7 @@ class Config:
     dare_variant: str | None = None
     triplet_margin: float | None = None
     triplet_mining: str | None = None
+    ema_base: float | None = None
     aug: str | None = None
     amp: str | None = None
     compile: str | None = None
@@ -67,9 +68,9 @@ class Config:
 DEFAULTS = dict(
     dataset="cifar10", encoder="resnet18", width=64, epochs=100, batch_size=512, optimizer="sgd", lr=0.4, weight_decay=5e-4,
     momentum=0.9, warmup_epochs=10.0, temperature=0.2, proj_hidden=2048, proj_dim=256, dare_lambda=0.1,
-    dare_variant="decoupled", triplet_margin=0.2, triplet_mining="semihard", aug="default", amp="auto",
-    compile="auto", channels_last=True, kernels="auto", device="auto", seed=0, train_subset=0, knn_every=0,
-    knn_k=200, knn_t=0.1, knn_bank=0, knn_queries=0, linear_eval=True, out=None,
+    dare_variant="decoupled", triplet_margin=0.2, triplet_mining="semihard", ema_base=0.99, aug="default",
+    amp="auto", compile="auto", channels_last=True, kernels="auto", device="auto", seed=0, train_subset=0,
+    knn_every=0, knn_k=200, knn_t=0.1, knn_bank=0, knn_queries=0, linear_eval=True, out=None,
     loader="resident",
 )
 
@@ -101,6 +102,7 @@ HELP = dict(
     proj_hidden="projector hidden width", proj_dim="projector output size", dare_lambda="DARe: weight of "
     "the Gaussian JSD term", dare_variant="DARe: contrastive loss on the samples", triplet_margin="Triplet: "
     "margin m on squared distances of L2-normalised embeddings", triplet_mining="Triplet: negative mining",
+    ema_base="BYOL: initial EMA momentum of the target network (cosine schedule to 1.0)",
     aug="augmentation policy pair", amp="mixed precision (auto = bf16 on CUDA, off on CPU)",
     compile="torch.compile the training step (auto = on for CUDA)", channels_last="channels-last memory format",
     kernels="loss kernels (auto = Triton on CUDA, PyTorch elsewhere)", device="training device", seed="random seed",

@@ -149,9 +149,17 @@ def test_ema_update_is_the_exact_average_and_leaves_buffers_alone():
         if k in buffers:
             assert torch.equal(v, buffers[k])
     model.on_step(100, 100)  # tau = 1 at the end: no change
+    assert model.momentum == 1.0
     after = [p.detach().clone() for p in model.target_parameters()]
     model.on_step(100, 100)
     assert all(torch.equal(a, b) for a, b in zip(after, model.target_parameters()))
+
+
+def test_ema_base_option_sets_the_schedule_start():
+    model = build("byol", "--ema-base", "0.9")
+    model.on_step(0, 10)
+    assert model.cfg.ema_base == 0.9 and model.momentum == pytest.approx(0.9)
+    assert resolve(parse_args(["--method", "byol", "--device", "cpu"])).ema_base == 0.99
 
 
 def test_byol_target_not_optimised_but_checkpointed(tmp_path, tiny_folder):

@@ -18,6 +18,11 @@ class BarlowTwins(Method):
     # solo-learn's CIFAR recipe: LARS lr 0.3, wd 1e-4, projector 2048 -> 2048, asymmetric views.
     recipe = dict(optimizer="lars", lr=0.3, weight_decay=1e-4, proj_hidden=2048, proj_dim=2048, aug="asymmetric")
     lambd = 0.0051
+    # CPU --fast: Barlow's gradients are ~40x those of the contrastive losses, so the preset's plain SGD
+    # (lr 0.5) thrashes (+1.7 kNN points in 400 steps); LARS, the recipe's optimiser, sizes each layer's
+    # step to its weights, and a 512-d output (not 128) leaves the cross-correlation something to
+    # decorrelate: +8.9 points (measured; SGD lr 0.05: +4.4; LARS with 128-d: +6.0).
+    fast_cpu = dict(optimizer="lars", lr=0.3, proj_dim=512)
 
     def __init__(self, encoder, cfg):
         super().__init__(encoder, cfg)

@@ -7,7 +7,8 @@
 The target (f', g') starts as a copy of the online encoder and projector and, after every
 optimiser step, moves towards them by an exponential moving average,
 theta' <- tau theta' + (1 - tau) theta, with tau following the cosine schedule
-tau(k) = 1 - (1 - tau_base) (cos(pi k / K) + 1) / 2 from tau_base = 0.99 (k = 0) to 1.0 (k = K).
+tau(k) = 1 - (1 - tau_base) (cos(pi k / K) + 1) / 2 from tau_base = 0.99 (k = 0; ``--ema-base``)
+to 1.0 (k = K, the last step).
 The update is one ``torch._foreach_lerp_`` over all parameters (no Python loop of small kernels).
 Target parameters never require grad and are not in the optimiser (so not in its checkpointed
 state); they are ordinary submodules, so ``state_dict()`` and therefore the checkpoint carry them
@@ -36,8 +37,8 @@ def ema_momentum(step: int, total_steps: int, base: float = 0.99) -> float:
 class BYOL(Method):
     # solo-learn's CIFAR recipe: LARS lr 1.0, wd 1e-5, projector 2048 -> 256 (predictor hidden = projector
     # hidden), asymmetric views.
-    recipe = dict(optimizer="lars", lr=1.0, weight_decay=1e-5, proj_hidden=2048, proj_dim=256, aug="asymmetric")
-    ema_base = 0.99
+    recipe = dict(optimizer="lars", lr=1.0, weight_decay=1e-5, proj_hidden=2048, proj_dim=256, aug="asymmetric",
+                  ema_base=0.99)
 
     def __init__(self, encoder, cfg):
         super().__init__(encoder, cfg)
@@ -45,7 +46,7 @@ class BYOL(Method):
         self.predictor = mlp(cfg.proj_dim, cfg.proj_hidden, cfg.proj_dim)
         self.target_encoder = copy.deepcopy(encoder).requires_grad_(False)
         self.target_projector = copy.deepcopy(self.projector).requires_grad_(False)
-        self.momentum = self.ema_base  # the tau used by the latest update (reported as a metric)
+        self.momentum = cfg.ema_base  # the tau used by the latest update
 
     def online_parameters(self) -> list[torch.nn.Parameter]:
         return [*self.encoder.parameters(), *self.projector.parameters()]
@@ -73,5 +74,5 @@ class BYOL(Method):
         torch._foreach_lerp_(self.target_parameters(), self.online_parameters(), 1.0 - momentum)
 
     def on_step(self, step: int, total_steps: int) -> None:
-        self.momentum = ema_momentum(step, total_steps, self.ema_base)
+        self.momentum = ema_momentum(step, total_steps, self.cfg.ema_base)
         self.update_target(self.momentum)
