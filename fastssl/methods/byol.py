@@ -39,6 +39,10 @@ class BYOL(Method):
     # hidden), asymmetric views.
     recipe = dict(optimizer="lars", lr=1.0, weight_decay=1e-5, proj_hidden=2048, proj_dim=256, aug="asymmetric",
                   ema_base=0.99)
+    # CPU --fast: SGD lr 0.25 instead of the preset's 0.5. Measured gains in 400 steps: lr 0.1 / 0.25 / 0.5 / 1.0
+    # -> +5.5 / +5.8 / +5.3 / +3.3 kNN points (LARS lr 1.0: +5.5; ema_base 0.95: +5.5), so the short schedule
+    # is past its best lr at 0.5; below that the differences are within the 2,000-query kNN noise (~1 point).
+    fast_cpu = dict(lr=0.25)
 
     def __init__(self, encoder, cfg):
         super().__init__(encoder, cfg)
