@@ -7,8 +7,8 @@
 The target (f', g') starts as a copy of the online encoder and projector and, after every
 optimiser step, moves towards them by an exponential moving average,
 theta' <- tau theta' + (1 - tau) theta, with tau following the cosine schedule
-tau(k) = 1 - (1 - tau_base) (cos(pi k / K) + 1) / 2 from tau_base = 0.99 (k = 0; ``--ema-base``)
-to 1.0 (k = K, the last step).
+tau(k) = 1 - (1 - tau_base) (cos(pi k / K) + 1) / 2, k = 0 .. K - 1 counting optimiser steps: tau_base = 0.99
+(``--ema-base``) after the first step, rising towards 1.0 (reached at k = K).
 The update is one ``torch._foreach_lerp_`` over all parameters (no Python loop of small kernels).
 Target parameters never require grad and are not in the optimiser (so not in its checkpointed
 state); they are ordinary submodules, so ``state_dict()`` and therefore the checkpoint carry them
