@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
-import platform
 import statistics
 import sys
 import time
@@ -31,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench._common import environment  # noqa: E402  (shared by the bench scripts)
 from fastssl import losses  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
@@ -52,25 +52,6 @@ def parse_args(argv=None):
     p.add_argument("--rep", type=int, default=100, help="do_bench repetition time in ms")
     p.add_argument("--out", type=Path, default=None, help="JSON path (default: bench/results/kernels-<stamp>.json)")
     return p.parse_args(argv)
-
-
-def environment(command: str) -> dict:
-    env = dict(command=command, python=platform.python_version(), torch=torch.__version__,
-               platform=platform.platform(), time=_dt.datetime.now().isoformat(timespec="seconds"))
-    try:
-        import triton
-        env["triton"] = triton.__version__
-    except Exception:  # pragma: no cover
-        env["triton"] = None
-    if torch.cuda.is_available():
-        props = torch.cuda.get_device_properties(0)
-        env.update(device=torch.cuda.get_device_name(0), cuda=torch.version.cuda,
-                   capability=".".join(map(str, torch.cuda.get_device_capability(0))),
-                   gpu_memory_gib=round(props.total_memory / 2**30, 1))
-    else:
-        env.update(device=f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
-                   cuda=None)
-    return env
 
 
 # ---- the three implementations -------------------------------------------------------------------

@@ -1,0 +1,152 @@
+"""bench/train_step.py and bench/run_all.py on the CPU at tiny sizes, and the README results renderer
+(including: the committed README section is exactly what the committed JSON renders to)."""
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench import run_all, train_step  # noqa: E402
+
+
+def _load_script(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+render_results = _load_script("render_results")
+
+
+def test_train_step_ladder_on_cpu(tmp_path, tiny_folder):
+    out = tmp_path / "ts.json"
+    assert train_step.main(["--encoders", "resnet18", "--width", "8", "--batch-size", "16", "--steps", "2",
+                            "--warmup", "1", "--data", str(tiny_folder), "--device", "cpu", "--out", str(out)]) == 0
+    record = json.loads(out.read_text())
+    env = record["environment"]
+    for key in ("device", "torch", "triton", "python", "command", "time"):
+        assert env[key] is not None
+    rows = record["results"]
+    assert [r["row"] for r in rows] == [name for name, _ in train_step.LADDER] and record["complete"]
+    assert rows[0]["speedup"] == 1.0 and rows[0]["channels_last"] is False and rows[1]["channels_last"] is True
+    assert rows[1]["speedup"] == pytest.approx(rows[1]["images_per_s"] / rows[0]["images_per_s"])
+    if not torch.cuda.is_available():  # the CPU skips bf16, compile and the fused kernels, saying why
+        assert all("skipped" in r and "CPU" in r["skipped"] for r in rows[2:])
+    md = out.with_suffix(".md").read_text()
+    assert "| resnet18 | eager fp32 |" in md and "skipped" in md
+
+
+def test_train_step_bad_flags_are_one_line(capsys):
+    with pytest.raises(SystemExit) as e:
+        train_step.main(["--steps", "0"])
+    assert e.value.code == 2 and "--steps must be >= 1" in capsys.readouterr().err
+    assert train_step.main(["--method", "nope", "--synthetic"]) == 2
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without CUDA")
+def test_run_all_refuses_without_cuda(capsys):
+    assert run_all.main([]) == 2
+    assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_run_all_cpu_smoke_orchestration(tmp_path, tiny_folder):
+    out = tmp_path / "lease"
+    assert run_all.main(["--cpu-smoke", "--data", str(tiny_folder), "--out", str(out)]) == 0
+    index = json.loads((out / "index.json").read_text())
+    assert index["mode"] == "cpu-smoke" and index["environment"]["torch"] == torch.__version__
+    status = {p["name"]: p["status"] for p in index["pieces"]}
+    assert status == {"data": "ok", "kernel-tests": "skipped", "kernels": "ok", "loaders": "ok", "train-step": "ok",
+                      "pretrain-dare-fast": "ok", "simclr-r18-cifar10": "ok"}
+    for name in ("kernels.json", "loaders.json", "train_step.json"):
+        assert json.loads((out / name).read_text())
+    pieces = {p["name"]: p for p in index["pieces"]}
+    simclr = pieces["simclr-r18-cifar10"]["pretrain"]
+    assert simclr["epochs_done"] == 3 and simclr["s_per_epoch"] > 0 and len(simclr["epoch_s"]) == 3
+    assert pieces["pretrain-dare-fast"]["pretrain"]["linear_top1"] is not None
+    assert set(index["skipped_loaders"]) == {"ffcv", "dali"}
+    assert "| simclr-r18-cifar10 | ok |" in (out / "index.md").read_text()
+
+
+def test_run_all_stops_a_piece_that_overruns(tmp_path):
+    piece = dict(name="sleeper", argv=[sys.executable, "-c", "import time; print('started', flush=True); time.sleep(60)"])
+    rec = run_all.run_piece(piece, limit=1.0, log=tmp_path / "sleeper.log")
+    assert rec["status"] == "timeout" and rec["wall_s"] < 30
+    assert "started" in (tmp_path / "sleeper.log").read_text()
+
+
+def test_run_all_unknown_piece(capsys):
+    assert run_all.main(["--cpu-smoke", "--only", "nope"]) == 2
+    assert "unknown piece" in capsys.readouterr().err
+
+
+# ---- rendering --------------------------------------------------------------------------------------
+
+def _write(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj))
+
+
+def _loaders(time, device, pairs):
+    return dict(command="python bench/loaders.py", device=device, time=time, dataset="cifar10", images_per_epoch=10,
+                batch_size=2, policy="default", results=[dict(loader="torch", pairs_per_s=100.0),
+                                                         dict(loader="resident", pairs_per_s=pairs)])
+
+
+def test_render_keeps_the_latest_per_benchmark_and_device(tmp_path):
+    _write(tmp_path / "a.json", _loaders("2026-01-01T00:00:00", "cpu (2 cores)", 1111.0))
+    _write(tmp_path / "b.json", _loaders("2026-02-01T00:00:00", "cpu (2 cores)", 2222.0))
+    _write(tmp_path / "c.json", _loaders("2026-01-15T00:00:00", "NVIDIA H100 80GB HBM3", 33333.0))
+    _write(tmp_path / "cpu-smoke-1/loaders.json", _loaders("2027-01-01T00:00:00", "cpu (2 cores)", 4444.0))
+    _write(tmp_path / "junk.json", {"unrelated": 1})
+    section = render_results.render(tmp_path)
+    assert "2,222" in section and "33,333" in section and "22.22x" in section
+    assert "1,111" not in section and "4,444" not in section  # older, and a cpu-smoke folder
+    assert "Measured on GPU: NVIDIA H100 80GB HBM3" in section
+    assert section.startswith(render_results.BEGIN) and section.rstrip().endswith(render_results.END)
+
+
+def test_render_without_gpu_says_what_is_not_measured(tmp_path):
+    _write(tmp_path / "a.json", _loaders("2026-01-01T00:00:00", "cpu (2 cores)", 1111.0))
+    section = render_results.render(tmp_path)
+    assert "nothing below was measured on a GPU" in section and "Not yet measured" in section
+    assert "### Training step ladder (`bench/train_step.py`)\n\nNot measured yet." in section
+
+
+def test_render_reproduction_table(tmp_path, tiny_folder):
+    from fastssl import reproduce
+    out = tmp_path / "reproduce-x"
+    assert reproduce.main(["--budget", "smoke", "--device", "cpu", "--no-progress", "--methods", "triplet",
+                           "--datasets", "cifar10", "--encoders", "resnet18", "--data", str(tiny_folder),
+                           "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    section = render_results.render(tmp_path)
+    ours = results["cells"][0]["linear_top1"]
+    assert f"| triplet | cifar10 | resnet18 | {ours:.2f} | 86.0 |" in section
+    assert "Budget **smoke**" in section and "NOT a reproduction" in section
+
+
+def test_replace_section_and_check(tmp_path, capsys):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\nintro\n\n{render_results.BEGIN}\nold\n{render_results.END}\n\n## After\n")
+    results = tmp_path / "results"
+    _write(results / "a.json", _loaders("2026-01-01T00:00:00", "cpu (2 cores)", 1111.0))
+    args = ["--readme", str(readme), "--results", str(results)]
+    assert render_results.main(args + ["--check"]) == 1
+    assert render_results.main(args) == 0
+    text = readme.read_text()
+    assert text.startswith("# x\n\nintro\n\n") and text.endswith("\n\n## After\n") and "old" not in text
+    assert render_results.main(args + ["--check"]) == 0
+    readme.write_text("no markers\n")
+    assert render_results.main(args) == 2 and "exactly one" in capsys.readouterr().err
+
+
+def test_committed_readme_section_matches_the_committed_json():
+    readme = (ROOT / "README.md").read_text()
+    assert render_results.replace_section(readme, render_results.render()) == readme, \
+        "README results section is stale: run python scripts/render_results.py"
