@@ -17,6 +17,7 @@ import argparse
 import importlib.util
 import json
 import os
+import shlex
 import signal
 import statistics
 import subprocess
@@ -106,7 +107,7 @@ def run_piece(piece: dict, limit: float, log: Path) -> dict:
     """Run one piece in its own process group; stop the group when it overruns ``limit``."""
     t0 = time.perf_counter()
     with open(log, "w") as f:
-        f.write("$ " + " ".join(piece["argv"]) + "\n")
+        f.write("$ " + shlex.join(piece["argv"]) + "\n")
         f.flush()
         proc = subprocess.Popen(piece["argv"], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
         try:
@@ -191,7 +192,7 @@ def main(argv=None) -> int:
         print(f"run_all.py: error: {e}", file=sys.stderr)
         return 2
     out.mkdir(parents=True, exist_ok=True)
-    command = "python bench/run_all.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python bench/run_all.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     env = environment(command)
     print(f"run_all ({mode}): {env['device']} | torch {env['torch']} | triton {env['triton']} -> {out}", flush=True)
     t_start = time.perf_counter()
@@ -204,7 +205,7 @@ def main(argv=None) -> int:
         (out / "index.md").write_text(index_markdown(index))
 
     for piece in todo:
-        rec = dict(name=piece["name"], limit=piece["limit"], command=" ".join(piece["argv"]), json=piece.get("json"))
+        rec = dict(name=piece["name"], limit=piece["limit"], command=shlex.join(piece["argv"]), json=piece.get("json"))
         left = args.deadline - (time.perf_counter() - t_start)
         if piece.get("skip"):
             rec.update(status="skipped", skip=piece["skip"])

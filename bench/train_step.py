@@ -6,8 +6,9 @@
 Rows (cumulative): eager fp32 -> + channels-last -> + AMP bf16 -> + torch.compile -> + fused Triton
 kernels. Each row builds the method afresh (``--method``, default simclr) on the ``resident`` loader
 (the uint8 dataset on the device, batched device-side two-view augmentation), runs ``--warmup`` steps
-(compilation happens there, reported as first-steps time) and times ``--steps`` steps of train.py's
-step (forward, loss, backward, optimiser step). Images/s counts images per second (each gives two views).
+(compilation happens there, reported as first-steps time); then the rows are timed round-robin,
+``--repeats`` passes of ``--steps`` steps of train.py's step (forward, loss, backward, optimiser step),
+and each row reports its median pass. Images/s counts images per second (each gives two views).
 
 On a CPU a row that cannot say anything useful is skipped with its reason rather than run: bf16
 autocast (20-30x slower than fp32 on AVX2-only CPUs; ``--cpu-bf16`` runs it), torch.compile (about a
@@ -18,6 +19,8 @@ Writes bench/results/train_step-<device>-<stamp>.{json,md}.
 from __future__ import annotations
 
 import argparse
+import shlex
+import statistics
 import sys
 from pathlib import Path
 
@@ -47,6 +50,8 @@ def parse_args(argv=None):
     p.add_argument("--width", type=int, default=64, help="first-stage channels (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=None, help="images per step (default: 512 on CUDA, 64 on CPU)")
     p.add_argument("--steps", type=int, default=None, help="timed steps per row (default: 30 on CUDA, 5 on CPU)")
+    p.add_argument("--repeats", type=int, default=3, help="round-robin timing passes over the rows; the median "
+                   "is reported (default: %(default)s)")
     p.add_argument("--warmup", type=int, default=None, help="untimed first steps per row (default: 5 on CUDA, 1 on CPU)")
     p.add_argument("--dataset", default="cifar10", choices=("cifar10", "cifar100"))
     p.add_argument("--data", default=None, help="dataset location (default: $FASTSSL_DATA, cache, download)")
@@ -58,7 +63,7 @@ def parse_args(argv=None):
     p.add_argument("--note", default="", help="free text stored with the result (e.g. 'machine shared')")
     p.add_argument("--out", type=Path, default=None, help="JSON path (default: bench/results/train_step-<device>-<stamp>.json)")
     args = p.parse_args(argv)
-    for name in ("width", "batch_size", "steps", "warmup"):
+    for name in ("width", "batch_size", "steps", "warmup", "repeats"):
         value = getattr(args, name)
         if value is not None and value < (0 if name == "warmup" else 1):
             p.error(f"--{name.replace('_', '-')} must be >= {0 if name == 'warmup' else 1}, got {value}")
@@ -78,17 +83,19 @@ def skip_reason(feature: dict, device: torch.device, args) -> str | None:
 
 
 def bench_encoder(encoder: str, args, device, ds, save=lambda rows: None) -> list[dict]:
+    """Build and warm up every row, then time them round-robin ``--repeats`` times (median per row), so
+    that a slow spell of a shared machine falls on every row alike rather than on one."""
     from fastssl.augment import TwoViewAugment, policy_pair
     from fastssl.config import Config, resolve
     from fastssl.loaders import make_loader
-    from fastssl.reproduce import synthetic_loader, time_train_steps
+    from fastssl.reproduce import StepTimer, synthetic_loader
 
-    rows, active = [], dict(BASE)
+    rows, timers, active = [], {}, dict(BASE)
+    torch._dynamo.reset()
     for name, feature in LADDER:
         reason = skip_reason(feature, device, args)
         if reason:
             rows.append(dict(encoder=encoder, row=name, skipped=reason))
-            save(rows)
             print(f"  {encoder} {name}: skipped ({reason})", flush=True)
             continue
         active.update(feature)
@@ -100,22 +107,27 @@ def bench_encoder(encoder: str, args, device, ds, save=lambda rows: None) -> lis
             augment = TwoViewAugment(*policy_pair(cfg.aug), ds.mean, ds.std, channels_last=cfg.channels_last)
             idx = np.arange(min(len(ds.train_y), args.batch_size * 8))
             loader = make_loader("resident", ds, idx, args.batch_size, augment, device, seed=0, verbose=False)
-        torch._dynamo.reset()
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
-        m = time_train_steps(cfg, loader, steps=args.steps, warmup=args.warmup)
-        row = dict(encoder=encoder, row=name, channels_last=cfg.channels_last, amp=cfg.amp, compile=cfg.compile,
-                   kernels=cfg.backend, **m)
-        if device.type == "cuda":
-            row["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
-        first = next(r for r in rows if "skipped" not in r) if any("skipped" not in r for r in rows) else row
-        row["speedup"] = row["images_per_s"] / first["images_per_s"]
-        rows.append(row)
+        timers[name] = StepTimer(cfg, loader)
+        warmup_s = timers[name].run(args.warmup) if args.warmup else 0.0
+        rows.append(dict(encoder=encoder, row=name, channels_last=cfg.channels_last, amp=cfg.amp,
+                         compile=cfg.compile, kernels=cfg.backend, batch_size=args.batch_size, warmup_s=warmup_s,
+                         step_s_repeats=[]))
+        print(f"  {encoder} {name}: built, first {args.warmup} steps {warmup_s:.1f} s", flush=True)
+    measured = [r for r in rows if "skipped" not in r]
+    for rep in range(args.repeats):
+        for r in measured:
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            r["step_s_repeats"].append(timers[r["row"]].run(args.steps) / args.steps)
+            if device.type == "cuda":
+                r["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+            r["step_s"] = statistics.median(r["step_s_repeats"])
+            r["images_per_s"] = args.batch_size / r["step_s"]
+            r["speedup"] = r["images_per_s"] / measured[0]["images_per_s"] if "step_s" in measured[0] else 1.0
         save(rows)
-        print(f"  {encoder} {name}: {row['images_per_s']:.0f} images/s ({row['speedup']:.2f}x), "
-              f"first {args.warmup} steps {row['warmup_s']:.1f} s", flush=True)
-        del loader
+        print(f"  {encoder} repeat {rep + 1}/{args.repeats}: "
+              + ", ".join(f"{r['row']} {r['images_per_s']:.0f}/s" for r in measured), flush=True)
+    timers.clear()
     return rows
 
 
@@ -159,20 +171,21 @@ def main(argv=None) -> int:
         except DataError as e:
             print(f"train_step.py: error: {e} (or pass --synthetic)", file=sys.stderr)
             return 1
-    command = "python bench/train_step.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python bench/train_step.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     env = environment(command)
     data = "synthetic uint8 images" if ds is None else f"{ds.name} ({ds.source})"
     print(f"device: {env['device']} | torch {env['torch']} | triton {env['triton']} | {args.method}, width "
-          f"{args.width}, batch {args.batch_size}, {args.warmup}+{args.steps} steps per row, data: {data}", flush=True)
+          f"{args.width}, batch {args.batch_size}, {args.warmup} warm-up + {args.repeats} x {args.steps} steps per row, data: {data}", flush=True)
     header = (f"Training step throughput, {args.method}, width {args.width}, batch {args.batch_size} (two views "
-              f"each), resident loader on {data}; {args.steps} timed steps after {args.warmup} per row; device "
-              f"{env['device']}; torch {env['torch']}, triton {env['triton']}; {env['time']}"
+              f"each), resident loader on {data}; per row the median of {args.repeats} round-robin passes of "
+              f"{args.steps} steps, after {args.warmup} warm-up steps; device {env['device']}; torch {env['torch']}, triton {env['triton']}; {env['time']}"
               + (f". Note: {args.note}" if args.note else ""))
     out = args.out or RESULTS / f"train_step-{device_tag()}-{stamp()}.json"
 
     def save(rows, complete=False):  # after every row: a run cut short by a time limit keeps what it measured
         record = dict(environment=env, benchmark="train_step", method=args.method, width=args.width,
-                      batch_size=args.batch_size, steps=args.steps, warmup=args.warmup, data=data,
+                      batch_size=args.batch_size, steps=args.steps, warmup=args.warmup, repeats=args.repeats,
+                      data=data,
                       torch_threads=torch.get_num_threads(), note=args.note, complete=complete, results=rows)
         write_result(record, f"`{command}`\n\n{header}\n\n{table(rows)}\n", out, quiet=not complete)
 

@@ -22,6 +22,7 @@ import json
 import math
 import os
 import platform
+import shlex
 import sys
 import time
 from dataclasses import dataclass
@@ -53,14 +54,15 @@ BUDGETS = {
     # The machinery end to end in minutes on a CPU: a narrow net, a data subset, tiny evaluation.
     "smoke": dict(epochs=2, width=8, batch_size=32, train_subset=512, warmup_epochs=0.5, proj_hidden=64,
                   proj_dim=32, knn_bank=512, knn_queries=256, knn_k=20),
-    # One GPU: full-width nets on the full data, 100 epochs at batch 512; kNN and probe on full sets.
-    "quick": dict(epochs=100, batch_size=512, warmup_epochs=10.0, knn_bank=0, knn_queries=0),
+    # One GPU: full-width nets on the full data, 50 epochs at batch 512; kNN and probe on full sets. Estimated
+    # (FLOP count x an assumed H100 rate, not measured yet) at 2-5 GPU-hours for all 28 cells: see README.
+    "quick": dict(epochs=50, batch_size=512, warmup_epochs=5.0, knn_bank=0, knn_queries=0),
     # The public long recipes (solo-learn's CIFAR runs): 1000 epochs at batch 256.
     "full": dict(epochs=1000, batch_size=256, warmup_epochs=10.0, knn_bank=0, knn_queries=0),
 }
 BUDGET_NOTES = {
     "smoke": "CPU smoke test of the machinery (width 8, 512-image subset, 2 epochs): NOT a reproduction",
-    "quick": "single-GPU quick reproduction: full width, full data, 100 epochs at batch 512",
+    "quick": "single-GPU quick reproduction: full width, full data, 50 epochs at batch 512",
     "full": "public long recipes: full width, full data, 1000 epochs at batch 256",
 }
 DATASET_SIZE = {"cifar10": (50000, 10000), "cifar100": (50000, 10000)}  # when the data is not at hand
@@ -120,75 +122,78 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def time_train_steps(cfg, loader=None, steps: int = 10, warmup: int = 3, eval_images: int = 0) -> dict:
-    """Time ``steps`` training steps of ``cfg`` (resolved) after ``warmup`` untimed ones.
+class StepTimer:
+    """train.py's training step on its own, to be timed: autocast forward of the method on two views,
+    backward, optimiser step, ``on_step`` (BYOL's EMA), over ``loader`` (synthetic if None), epoch after epoch."""
 
-    The step is train.py's: autocast forward of the method on two views, backward, optimiser step,
-    ``on_step`` (BYOL's EMA). ``warmup_s`` covers the first steps, torch.compile included. With
-    ``eval_images``, also the forward-only feature extraction rate of the encoder (the evaluation's cost).
-    """
-    from . import methods
-    from .eval import extract_features
-    from .models import build_encoder
-    from .optim import build_optimizer
+    def __init__(self, cfg, loader=None):
+        from . import methods
+        from .models import build_encoder
+        from .optim import build_optimizer
 
-    device = torch.device(cfg.device)
-    loader = loader or synthetic_loader(cfg, device)
-    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    torch.manual_seed(cfg.seed)
-    method = methods.get_method(cfg.method)(build_encoder(cfg.encoder, cfg.width), cfg).to(device, memory_format=fmt)
-    opt = build_optimizer(cfg.optimizer, method.param_groups(), lr=cfg.lr * cfg.batch_size / 256,
-                          weight_decay=cfg.weight_decay, momentum=cfg.momentum)
-    model = torch.compile(method) if cfg.compile == "on" else method
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+        self.cfg, self.device = cfg, torch.device(cfg.device)
+        self.loader = loader or synthetic_loader(cfg, self.device)
+        fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        torch.manual_seed(cfg.seed)
+        self.method = methods.get_method(cfg.method)(build_encoder(cfg.encoder, cfg.width), cfg).to(
+            self.device, memory_format=fmt)
+        self.opt = build_optimizer(cfg.optimizer, self.method.param_groups(), lr=cfg.lr * cfg.batch_size / 256,
+                                   weight_decay=cfg.weight_decay, momentum=cfg.momentum)
+        self.model = torch.compile(self.method) if cfg.compile == "on" else self.method
+        self.amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
+        self.batches, self.done = self._batches(), 0
+        self.method.train()
 
-    def batches():
+    def _batches(self):
         epoch = 0
         while True:
-            loader.set_epoch(epoch)
-            yield from loader
+            self.loader.set_epoch(epoch)
+            yield from self.loader
             epoch += 1
 
-    it, total = batches(), warmup + steps
-    method.train()
+    def run(self, steps: int) -> float:
+        """Seconds for ``steps`` steps (the device synchronised at both ends)."""
+        _sync(self.device)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            v1, v2, y = next(self.batches)
+            with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
+                loss = self.model(v1, v2, y if self.method.uses_labels else None)["loss"]
+            self.opt.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.opt)
+            self.scaler.update()
+            self.method.on_step(self.done, 1_000_000)
+            self.done += 1
+        _sync(self.device)
+        if not math.isfinite(loss.item()):
+            raise RuntimeError(f"{self.cfg.method}: the loss is {loss.item()} while timing")
+        return time.perf_counter() - t0
 
-    def step(i):
-        v1, v2, y = next(it)
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            loss = model(v1, v2, y if method.uses_labels else None)["loss"]
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
-        method.on_step(i, total)
-        return loss
+    def eval_rate(self, images: int) -> float:
+        """Forward-only feature extraction, images/s (the evaluation passes' cost)."""
+        from .eval import extract_features
+        x = torch.randint(0, 256, (images, 3, 32, 32), dtype=torch.uint8).to(self.device)
+        kw = dict(channels_last=self.cfg.channels_last, amp_dtype=self.amp)
+        extract_features(self.method.encoder, x[:64], (125.0,) * 3, (63.0,) * 3, **kw)
+        _sync(self.device)
+        t0 = time.perf_counter()
+        extract_features(self.method.encoder, x, (125.0,) * 3, (63.0,) * 3, **kw)
+        _sync(self.device)
+        return images / (time.perf_counter() - t0)
 
-    t0 = time.perf_counter()
-    for i in range(warmup):
-        loss = step(i)
-    _sync(device)
-    warmup_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    for i in range(warmup, total):
-        loss = step(i)
-    _sync(device)
-    elapsed = time.perf_counter() - t0
-    if not math.isfinite(loss.item()):
-        raise RuntimeError(f"{cfg.method}: the loss is {loss.item()} while timing")
+
+def time_train_steps(cfg, loader=None, steps: int = 10, warmup: int = 3, eval_images: int = 0) -> dict:
+    """Time ``steps`` training steps of ``cfg`` (resolved) after ``warmup`` untimed ones (``warmup_s``:
+    their time, torch.compile included); with ``eval_images``, also the feature-extraction rate."""
+    timer = StepTimer(cfg, loader)
+    warmup_s = timer.run(warmup)
+    elapsed = timer.run(steps)
     out = dict(steps=steps, warmup_steps=warmup, batch_size=cfg.batch_size, step_s=elapsed / steps,
                images_per_s=steps * cfg.batch_size / elapsed, warmup_s=warmup_s)
     if eval_images:
-        images = torch.randint(0, 256, (eval_images, 3, 32, 32), dtype=torch.uint8).to(device)
-        amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
-        extract_features(method.encoder, images[:64], (125.0,) * 3, (63.0,) * 3, channels_last=cfg.channels_last,
-                         amp_dtype=amp)
-        _sync(device)
-        t0 = time.perf_counter()
-        extract_features(method.encoder, images, (125.0,) * 3, (63.0,) * 3, channels_last=cfg.channels_last,
-                         amp_dtype=amp)
-        _sync(device)
-        out["eval_images_per_s"] = eval_images / (time.perf_counter() - t0)
+        out["eval_images_per_s"] = timer.eval_rate(eval_images)
     return out
 
 
@@ -198,7 +203,7 @@ def time_train_steps(cfg, loader=None, steps: int = 10, warmup: int = 3, eval_im
 class Planned:
     cell: Cell
     cfg: object
-    status: str  # "done", "resume", "run", or "no data: ..."
+    status: str  # "done", "resume", "run", or "download (why the data is not at hand)"
     steps: int = 0
     eval_images: int = 0
     estimate_s: float | None = None
@@ -229,7 +234,10 @@ def plan(cells: list[Cell], budget: str, out: Path, device: str, data, progress:
         train_n = min(cfg.train_subset, n_train) if cfg.train_subset else n_train
         bank = min(cfg.knn_bank, n_train) if cfg.knn_bank else n_train
         queries = min(cfg.knn_queries, n_test) if cfg.knn_queries else n_test
-        steps = cfg.epochs * (train_n // cfg.batch_size)
+        epochs_left = cfg.epochs
+        if status == "resume":  # only what is left after the checkpoint's epoch
+            epochs_left -= torch.load(folder / CHECKPOINT, map_location="cpu", weights_only=False)["epoch"]
+        steps = max(0, epochs_left) * (train_n // cfg.batch_size)
         # kNN before and after training, then the linear probe: three feature passes over bank + queries
         planned.append(Planned(cell, cfg, status, steps, 3 * (bank + queries)))
     return planned
@@ -263,9 +271,9 @@ def fmt_s(seconds: float | None) -> str:
 
 def plan_text(planned: list[Planned], budget: str, out: Path, device_name: str, probes: dict) -> str:
     lines = [f"plan: budget {budget} ({BUDGET_NOTES[budget]}); {len(planned)} cells on {device_name}; output {out}",
-             f"  {'cell':28s} {'status':8s} {'epochs':>6s} {'steps':>8s} {'est. wall':>10s}"]
+             f"  {'cell':28s} {'status':8s} {'epochs':>6s} {'steps left':>10s} {'est. wall':>10s}"]
     for p in planned:
-        lines.append(f"  {p.cell.name:28s} {p.status.split(' (')[0]:8s} {p.cfg.epochs:6d} {p.steps:8d} "
+        lines.append(f"  {p.cell.name:28s} {p.status.split(' (')[0]:8s} {p.cfg.epochs:6d} {p.steps:10d} "
                      f"{fmt_s(p.estimate_s) if p.status != 'done' else '-':>10s}")
     for p in planned:
         if "(" in p.status:
@@ -343,7 +351,7 @@ def results_markdown(results: dict) -> str:
     devices = sorted({r["device"] for r in rows})
     lines = [f"Budget **{results['budget']}**: {BUDGET_NOTES[results['budget']]}. Device: {', '.join(devices) or '-'}. "
              f"Linear-probe top-1 (%) on frozen features; paper = the seed paper's Table 1 (original work's "
-             f"number in parentheses).", "",
+             f"number in parentheses)." + _environment_line(results.get("environment")), "",
              "| method | dataset | encoder | ours | paper | ours - paper | kNN | epochs | steps | wall | device |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
@@ -360,6 +368,15 @@ def results_markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _environment_line(env: dict | None) -> str:
+    if not env:
+        return ""
+    parts = [f"{k}={v}" for k, v in env.items() if k != "load_average" and v]
+    if env.get("load_average"):
+        parts.append(f"load average when written {env['load_average'][0]:.1f}")
+    return (" Environment: " + ", ".join(parts) + ".") if parts else ""
+
+
 def write_results(out: Path, budget: str, command: str) -> dict:
     """results.json, results.csv, results.md and results.png from every finished cell in OUT."""
     rows = collect(out)
@@ -367,6 +384,10 @@ def write_results(out: Path, budget: str, command: str) -> dict:
     results = dict(budget=budget, budget_settings=BUDGETS[budget], note=BUDGET_NOTES[budget], command=command,
                    written=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                    versions=versions(), platform=platform.platform(), cells=rows,
+                   environment=dict(FASTSSL_DATA=os.environ.get("FASTSSL_DATA"),
+                                    OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS"),
+                                    load_average=[round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg")
+                                    else None),
                    cells_not_run=[c.name for c in grid() if (c.method, c.dataset, c.encoder) not in done])
     _write_json(results, out / "results.json")
     buf = io.StringIO()
@@ -417,12 +438,15 @@ def parse_args(argv=None):
     p.add_argument("--probe-steps", type=int, default=None, help="timed steps per probe (default: 10 on CUDA, 2 on CPU)")
     p.add_argument("--plan-only", action="store_true", help="print the plan and the estimates, run nothing")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.probe_steps is not None and args.probe_steps < 1:
+        p.error(f"--probe-steps must be >= 1, got {args.probe_steps}")
+    return args
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    command = "python scripts/reproduce_table1.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python scripts/reproduce_table1.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     out = args.out or Path("runs") / f"table1-{args.budget}"
     from data_prep import DataError
 

@@ -104,7 +104,8 @@ def _train_step_md(path: str, r: dict) -> str:
     note = f" Note: {r['note']}." if r.get("note") else ""
     partial = "" if r.get("complete", True) else " (incomplete: the run was stopped early)"
     return (f"`{env['command']}` on {env['device']}, {env['time'][:10]}, torch {env['torch']}; {r['method']}, width "
-            f"{r['width']}, batch {r['batch_size']}, {r['steps']} timed steps per row on {r['data']} "
+            f"{r['width']}, batch {r['batch_size']}, per row the median of {r.get('repeats', 1)} passes of {r['steps']} "
+            f"steps on {r['data']} "
             f"([{Path(path).name}]({path})){partial}.{note}\n\n" + table(r["results"]))
 
 
@@ -168,7 +169,7 @@ def render(results: Path = RESULTS) -> str:
            "the committed JSON under `bench/results/` (`python scripts/render_results.py`). "
            + (f"Measured on GPU: {', '.join(gpu)}. " if gpu else "No GPU has been lent to this project yet: nothing "
               "below was measured on a GPU. ")
-           + (f"Measured on CPU: {', '.join(cpu)}." if cpu else "")]
+           + ("CPU figures name their device and thread count in each table." if cpu else "")]
     missing = []
     if not gpu:
         missing.append("every GPU figure: the fused kernels' speed, the train-step ladder with bf16 / torch.compile / "

@@ -25,7 +25,7 @@ def test_paper_table_covers_the_grid():
 def test_budgets_override_the_schedule_and_keep_the_recipe(tmp_path):
     cell = reproduce.Cell("barlow", "cifar100", "resnet50")
     quick = reproduce.cell_config(cell, "quick", tmp_path, device="cpu")
-    assert (quick.epochs, quick.batch_size, quick.knn_bank, quick.knn_queries) == (100, 512, 0, 0)
+    assert (quick.epochs, quick.batch_size, quick.knn_bank, quick.knn_queries) == (50, 512, 0, 0)
     assert (quick.optimizer, quick.lr, quick.proj_dim, quick.width) == ("lars", 0.3, 2048, 64)  # Barlow's recipe
     assert quick.out == str(tmp_path / "cells" / "barlow-cifar100-resnet50") and quick.linear_eval
     full = reproduce.cell_config(cell, "full", tmp_path, device="cpu")
@@ -71,6 +71,8 @@ def test_smoke_end_to_end_kill_and_resume(tmp_path, tiny_folder, monkeypatch, ca
     assert reproduce.main(argv) == 0
     printed = capsys.readouterr().out
     assert "simclr-cifar10-resnet18      done" in printed and "dare-cifar10-resnet18        resume" in printed
+    plan = {c["cell"]: c for c in json.loads((out / "plan.json").read_text())["cells"]}
+    assert plan["dare-cifar10-resnet18"]["steps"] == 80 // 32  # one epoch left of two
     assert calls == [(str(dare_dir), True)]
     assert (simclr_dir / "result.json").read_bytes() == simclr_bytes
     resumed = torch.load(dare_dir / "checkpoint.pt", weights_only=False)
