@@ -104,13 +104,21 @@ def policy_pair(name: str) -> tuple[AugmentPolicy, AugmentPolicy]:
 # Geometry: random resized crop + flip
 # --------------------------------------------------------------------------------------------
 
-def _rand(shape, generator, device) -> torch.Tensor:
-    return torch.rand(shape, generator=generator, device=device)
+def _rand(shape, generator, device, rows: tuple[int, int] | None = None) -> torch.Tensor:
+    """U[0, 1) of ``shape`` (first dim: the samples). With ``rows = (start, total)`` the draw is made
+    for ``total`` samples and rows start .. start + shape[0] are returned: a slice of a larger batch
+    gets exactly the parameters those samples get in the whole batch (data-parallel shards)."""
+    if rows is None:
+        return torch.rand(shape, generator=generator, device=device)
+    start, total = rows
+    if not 0 <= start <= start + shape[0] <= total:
+        raise ValueError(f"rows {rows} do not hold a slice of {shape[0]} samples")
+    return torch.rand((total, *shape[1:]), generator=generator, device=device)[start:start + shape[0]]
 
 
 def sample_crop_boxes(n: int, height: int, width: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
                       generator: torch.Generator | None = None, device=None,
-                      tries: int = 10) -> torch.Tensor:
+                      tries: int = 10, rows: tuple[int, int] | None = None) -> torch.Tensor:
     """Crop boxes with torchvision ``RandomResizedCrop.get_params`` semantics, vectorised.
 
     Per sample: up to ``tries`` candidates with area ~ U[scale] * H * W and aspect ratio w/h
@@ -119,11 +127,11 @@ def sample_crop_boxes(n: int, height: int, width: int, scale=(0.08, 1.0), ratio=
     If none fits, fall back to the centre crop clipped to the ratio range. Here all candidates
     are drawn at once and the first valid one is selected with a min over indices.
 
-    Returns a float32 (n, 4) tensor of integer-valued (top, left, height, width).
+    Returns a float32 (n, 4) tensor of integer-valued (top, left, height, width). ``rows``: see ``_rand``.
     """
     area = height * width
     log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
-    u = _rand((n, 2 * tries + 2), generator, device)
+    u = _rand((n, 2 * tries + 2), generator, device, rows)
     target = area * (scale[0] + (scale[1] - scale[0]) * u[:, :tries])
     aspect = torch.exp(log_lo + (log_hi - log_lo) * u[:, tries:2 * tries])
     cw = torch.round(torch.sqrt(target * aspect))  # round-half-even, like Python's round()
@@ -270,13 +278,17 @@ def _where(mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor
 # --------------------------------------------------------------------------------------------
 
 def augment_view(x_float01: torch.Tensor, policy: AugmentPolicy, size: int,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+                 generator: torch.Generator | None = None, rows: tuple[int, int] | None = None) -> torch.Tensor:
     """One augmented view of a float (B, 3, H, W) batch in [0, 1]; returns (B, 3, size, size)
-    floats in [0, 1]. Does not modify its input (it may return it when the policy is identity)."""
+    floats in [0, 1]. Does not modify its input (it may return it when the policy is identity).
+
+    ``rows = (start, total)``: the batch is rows start .. start + B of a batch of ``total`` samples
+    (a data-parallel shard); every random parameter is drawn for ``total`` samples and sliced, so
+    the shard is augmented exactly as those rows of the whole batch would be."""
     x = x_float01
     n, _, height, width = x.shape
     dev = x.device
-    rand = lambda *shape: _rand(shape, generator, dev)  # noqa: E731
+    rand = lambda *shape: _rand(shape, generator, dev, rows)  # noqa: E731
 
     # 1. Crop + flip. A full-image, size-preserving crop is skipped (exact, and cheaper).
     identity_crop = (tuple(policy.crop_scale) == (1.0, 1.0) and tuple(policy.crop_ratio) == (1.0, 1.0)
@@ -286,7 +298,7 @@ def augment_view(x_float01: torch.Tensor, policy: AugmentPolicy, size: int,
             x = _where(rand(n) < policy.flip_p, x.flip(-1), x)
     else:
         boxes = sample_crop_boxes(n, height, width, policy.crop_scale, policy.crop_ratio,
-                                  generator=generator, device=dev)
+                                  generator=generator, device=dev, rows=rows)
         flip = rand(n) < policy.flip_p
         x = resized_crop_flip(x, boxes, flip, size)
 
@@ -375,14 +387,16 @@ class TwoViewAugment:
         v = ((v - m) / s).to(self.out_dtype)
         return v.contiguous(memory_format=torch.channels_last) if self.channels_last else v
 
-    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None,
+                 rows: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both views of ``x``; ``rows = (start, total)`` marks ``x`` as a slice of a larger batch
+        (see ``augment_view``): the slice's views equal those rows of the whole batch's views."""
         _check_batch(x)
         if generator is not None and generator.device.type != x.device.type:
             raise ValueError(f"generator is on {generator.device}, batch on {x.device}")
         x01 = x.to(torch.float32).div_(255)  # the only uint8 -> float conversion
-        v1 = augment_view(x01, self.view1, self.size, generator)
-        v2 = augment_view(x01, self.view2, self.size, generator)
+        v1 = augment_view(x01, self.view1, self.size, generator, rows)
+        v2 = augment_view(x01, self.view2, self.size, generator, rows)
         return self._finish(v1), self._finish(v2)
 
     def __repr__(self) -> str:

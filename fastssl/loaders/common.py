@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from ..augment import AugmentPolicy, TwoViewAugment
-from ..data import epoch_seed
+from ..data import epoch_seed, shard_rows
 
 
 def num_batches(n: int, batch_size: int, drop_last: bool) -> int:
@@ -30,6 +30,13 @@ def epoch_order(indices: np.ndarray, seed: int, epoch: int) -> np.ndarray:
 def batches(order: np.ndarray, batch_size: int, drop_last: bool) -> list[np.ndarray]:
     return [order[i * batch_size:(i + 1) * batch_size]
             for i in range(num_batches(len(order), batch_size, drop_last))]
+
+
+def shard_batches(batch_list: list[np.ndarray], rank: int, world: int) -> list[np.ndarray]:
+    """This rank's contiguous slice of every global batch (``shard_rows``); the identity for one rank."""
+    if world == 1:
+        return batch_list
+    return [b[slice(*shard_rows(len(b), rank, world))] for b in batch_list]
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:

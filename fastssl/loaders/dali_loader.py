@@ -24,6 +24,11 @@ linear YIQ approximation), each clamped to [0, 1]; grayscale (ITU-R 601 luma); G
 in ``fn.crop_mirror_normalize`` (a flip commutes with every colour op). Probabilistic ops are
 per-sample ``fn.random.coin_flip`` masks.
 
+Data-parallel (``rank``/``world``): the external source feeds this rank's slice of every global
+batch (``shard_batches``); the pipeline's seed is the single-process one on rank 0 and a
+splitmix64 of (seed, epoch, rank) elsewhere, so ranks draw independent augmentations (not the
+single-process run's parameters for those rows: DALI's per-sample randomness depends on the batch).
+
 Known differences from the device path (checked statistically by tests/test_loaders.py): DALI's
 crop box is not rounded to whole pixels, and its fallback when no try fits differs; the JPEG
 round trip (quality 90, 4:4:4) changes pixels by about 1 grey level on average.
@@ -39,7 +44,7 @@ from data_prep.formats import read_dali_index, require
 
 from ..augment import BLUR_SIGMA, AugmentPolicy, TwoViewAugment
 from ..data import epoch_seed
-from .common import as_indices, batches, check_sizes, epoch_order, num_batches
+from .common import as_indices, batches, check_sizes, epoch_order, num_batches, sample_seed, shard_batches
 
 _LUMA = (0.299, 0.587, 0.114)
 _BLUR_WINDOW = 13
@@ -154,8 +159,10 @@ class DALILoader:
     """DALI loader over ``dali-<split>.tar`` (+ ``.idx.npz``) written by data_prep."""
 
     def __init__(self, tar_path, indices, batch_size: int, augment: TwoViewAugment, device, seed: int = 0,
-                 drop_last: bool = True, threads: int | None = None, prefetch: int = 2):
+                 drop_last: bool = True, threads: int | None = None, prefetch: int = 2, rank: int = 0,
+                 world: int = 1):
         _dali()
+        self.rank, self.world = rank, world
         from pathlib import Path
         tar_path = Path(tar_path)
         index = read_dali_index(tar_path.with_suffix(".idx.npz"))
@@ -188,7 +195,9 @@ class DALILoader:
         gpu = self.device_id is not None
         aug = self.augment
 
-        @pipeline_def(batch_size=self.batch_size, num_threads=self.threads, device_id=self.device_id,
+        max_batch = -(-self.batch_size // self.world)  # the largest shard of a global batch
+
+        @pipeline_def(batch_size=max_batch, num_threads=self.threads, device_id=self.device_id,
                       seed=seed, prefetch_queue_depth=self.prefetch)
         def pipe():
             jpegs, labels = fn.external_source(source=feed, num_outputs=2, batch=True,
@@ -208,8 +217,10 @@ class DALILoader:
     def __iter__(self):
         _, _, _, _, DALIGenericIterator = _dali()
         order = epoch_order(self.indices, self.seed, self.epoch)
-        feed = _Feed(self.data, self.offsets, self.sizes, self.labels, batches(order, self.batch_size, self.drop_last))
-        pipe = self._pipeline(feed, epoch_seed(self.seed, self.epoch) % 2**31)
+        mine = shard_batches(batches(order, self.batch_size, self.drop_last), self.rank, self.world)
+        feed = _Feed(self.data, self.offsets, self.sizes, self.labels, mine)
+        seed = epoch_seed(self.seed, self.epoch) if self.rank == 0 else sample_seed(self.seed, self.epoch, self.rank)
+        pipe = self._pipeline(feed, seed % 2**31)
         pipe.build()
         it = DALIGenericIterator([pipe], ["v1", "v2", "y"], auto_reset=False)
         try:

@@ -18,6 +18,13 @@ from a generator seeded with ``epoch_seed(seed, epoch)``, so an epoch is reprodu
 included. In ``"ffcv"`` crop mode each sample's crops are seeded from (seed, its index, its batch's
 first and last index), which the epoch's order fixes: reproducible as well.
 
+Data-parallel (``rank``/``world``, ``drop_last`` only): the traversal order handed to FFCV is this
+rank's contiguous slice of every global batch of the epoch's permutation, one after the other, and
+FFCV batches it by the local batch B / world. With device crops the augmentation parameters are
+drawn for the global batch and sliced (the rank gets exactly those rows of the single-process
+views); with ``crops="ffcv"`` a sample's crop seed involves its local batch, so crops are
+reproducible but differ from a single-process run's.
+
 FFCV pitfalls handled here: batch buffers are reused (labels are copied; views are new tensors),
 an epoch abandoned mid-way is shut down properly (terminate, drain, join) so that the process does
 not hang or abort at exit, ``NUMBA_CACHE_DIR`` defaults to ``<fastssl cache>/numba``, and the
@@ -38,7 +45,7 @@ from data_prep.formats import require
 
 from ..augment import AugmentPolicy, TwoViewAugment, augment_view
 from ..data import epoch_seed
-from .common import as_indices, check_sizes, colour_only, epoch_order, finish
+from .common import as_indices, batches, check_sizes, colour_only, epoch_order, finish, shard_batches
 
 CROPS = ("device", "ffcv")
 
@@ -184,7 +191,9 @@ def make_two_view_crop_flip(size: int, view1: AugmentPolicy, view2: AugmentPolic
 # The loader
 # --------------------------------------------------------------------------------------------
 
-def _epoch_order_class(seed: int):
+def _epoch_order_class(seed: int, batch_size: int = 0, rank: int = 0, world: int = 1):
+    """FFCV TraversalOrder of the shared epoch permutation; with several ranks, this rank's slices of
+    the global batches of ``batch_size``, concatenated (FFCV then batches by batch_size / world)."""
     from ffcv.traversal_order.base import TraversalOrder
 
     class EpochOrder(TraversalOrder):
@@ -199,7 +208,10 @@ def _epoch_order_class(seed: int):
             return EpochOrder(loader)
 
         def sample_order(self, epoch: int):
-            return epoch_order(np.asarray(self.indices, dtype=np.int64), seed, epoch)
+            order = epoch_order(np.asarray(self.indices, dtype=np.int64), seed, epoch)
+            if world == 1:
+                return order
+            return np.concatenate(shard_batches(batches(order, batch_size, True), rank, world))
 
     return EpochOrder()
 
@@ -223,10 +235,14 @@ class FFCVLoader:
 
     def __init__(self, path, indices, batch_size: int, augment: TwoViewAugment, device, seed: int = 0,
                  drop_last: bool = True, workers: int | None = None, crops: str = "device",
-                 batches_ahead: int = 3, num_images: int | None = None):
+                 batches_ahead: int = 3, num_images: int | None = None, rank: int = 0, world: int = 1):
         loader_mod, decoders, transforms = _ffcv()
         if crops not in CROPS:
             raise ValueError(f"crops must be one of {CROPS}, got {crops!r}")
+        if world > 1 and (batch_size % world or not drop_last):
+            raise ValueError(f"--loader ffcv on {world} ranks needs drop_last and a global batch divisible by "
+                             f"{world}, got {batch_size}")
+        self.rank, self.world = rank, world
         self.device, self.augment, self.seed, self.crops = torch.device(device), augment, seed, crops
         self.batch_size, self.drop_last = batch_size, drop_last
         # FFCV sets torch's intra-op thread count to its worker count: on a CPU device keep it as is.
@@ -241,7 +257,8 @@ class FFCVLoader:
         label = [decoders.IntDecoder(), transforms.ToTensor(), transforms.Squeeze(),
                  transforms.ToDevice(self.device, non_blocking=True)]
         self.loader = loader_mod.Loader(
-            str(path), batch_size=batch_size, num_workers=workers, order=_epoch_order_class(seed),
+            str(path), batch_size=batch_size // world, num_workers=workers,
+            order=_epoch_order_class(seed, batch_size, rank, world),
             seed=seed, indices=None if indices is None else as_indices(indices, num_images or 2**62),
             drop_last=drop_last, os_cache=True, batches_ahead=batches_ahead,
             pipelines={"image": image, "label": label},
@@ -258,7 +275,10 @@ class FFCVLoader:
 
     def _views(self, images: torch.Tensor, gen: torch.Generator):
         if self.crops == "device":
-            return self.augment(images, generator=gen)
+            if self.world == 1:
+                return self.augment(images, generator=gen)
+            local = self.batch_size // self.world  # parameters drawn for the global batch, this rank's rows kept
+            return self.augment(images, generator=gen, rows=(self.rank * local, self.batch_size))
         x = images.permute(0, 1, 4, 2, 3).to(torch.float32).div_(255)  # (B, 2, 3, S, S)
         return tuple(finish(self.augment, self.augment._finish(augment_view(x[:, k], self.colour[k], self.augment.size, gen)))
                      for k in range(2))

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..augment import TwoViewAugment
-from .common import as_indices, batches, check_sizes, epoch_order, finish, num_batches, sample_seed
+from .common import as_indices, batches, check_sizes, epoch_order, finish, num_batches, sample_seed, shard_batches
 
 
 class _TwoViews(Dataset):
@@ -37,10 +37,13 @@ class _TwoViews(Dataset):
 
 
 class _EpochBatches:
-    """Batch sampler: the epoch's permutation of ``indices`` cut into batches of (index, epoch)."""
+    """Batch sampler: the epoch's permutation of ``indices`` cut into batches of (index, epoch); with
+    several ranks, this rank's slice of each global batch."""
 
-    def __init__(self, indices: np.ndarray, batch_size: int, seed: int, drop_last: bool):
+    def __init__(self, indices: np.ndarray, batch_size: int, seed: int, drop_last: bool, rank: int = 0,
+                 world: int = 1):
         self.indices, self.batch_size, self.seed, self.drop_last = indices, batch_size, seed, drop_last
+        self.rank, self.world = rank, world
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -48,20 +51,23 @@ class _EpochBatches:
 
     def __iter__(self):
         epoch = self.epoch
-        for b in batches(epoch_order(self.indices, self.seed, epoch), self.batch_size, self.drop_last):
+        global_batches = batches(epoch_order(self.indices, self.seed, epoch), self.batch_size, self.drop_last)
+        for b in shard_batches(global_batches, self.rank, self.world):
             yield [(int(i), epoch) for i in b]
 
 
 class TorchLoader:
-    """DataLoader baseline. ``workers`` processes (default: all CPU cores, at most 8)."""
+    """DataLoader baseline. ``workers`` processes (default: all CPU cores, at most 8). Per-sample seeds
+    make a rank's shard (``rank``/``world``) identical to those rows of the single-process batch."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, indices, batch_size: int, augment: TwoViewAugment,
-                 device, seed: int = 0, drop_last: bool = True, workers: int | None = None, prefetch: int = 4):
+                 device, seed: int = 0, drop_last: bool = True, workers: int | None = None, prefetch: int = 4,
+                 rank: int = 0, world: int = 1):
         idx = as_indices(indices, len(images))
         check_sizes(len(idx), batch_size, drop_last)
         self.device, self.augment, self.batch_size = torch.device(device), augment, batch_size
         workers = min(8, os.cpu_count() or 1) if workers is None else workers
-        self.sampler = _EpochBatches(idx, batch_size, seed, drop_last)
+        self.sampler = _EpochBatches(idx, batch_size, seed, drop_last, rank, world)
         self.loader = DataLoader(
             _TwoViews(images, labels, augment, seed), batch_sampler=self.sampler, num_workers=workers,
             pin_memory=self.device.type == "cuda", persistent_workers=workers > 0,
