@@ -87,6 +87,44 @@ def supcon_loss(z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor,
     return (lse - mean_pos).mean()
 
 
+def contrastive_rows_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float, rows: torch.Tensor,
+                          labels: torch.Tensor | None = None, variant: str = "simclr") -> torch.Tensor:
+    r"""mean over the given ``rows`` k of Z = [z1; z2] of the per-row loss l_k of ``ntxent_loss``
+    (``variant``) or, with ``labels``, of ``supcon_loss``: only those rows of S are formed, a
+    (len(rows), 2N) block, each against all 2N columns. With every row once this equals the full
+    loss; a data-parallel rank passes its own rows of the gathered batch, so no rank computes more
+    than its rows' share (the mean over ranks of the rank means is the global loss).
+    """
+    if variant not in CONTRASTIVE_VARIANTS:
+        raise ValueError(f"variant must be one of {CONTRASTIVE_VARIANTS}, got {variant!r}")
+    if z1.shape != z2.shape or z1.dim() != 2:
+        raise ValueError(f"z1 and z2 must be (N, d) of one shape, got {tuple(z1.shape)} and {tuple(z2.shape)}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    n = z1.shape[0]
+    if labels is None and variant == "decoupled" and n < 2:
+        raise ValueError("the decoupled variant needs N >= 2 (its denominator is empty for N = 1)")
+    u = F.normalize(torch.cat([z1, z2]), dim=1)
+    rows = rows.to(u.device)
+    s = u[rows] @ u.T / temperature                               # (R, 2N)
+    cols = torch.arange(2 * n, device=u.device)
+    self_mask = rows[:, None] == cols[None, :]
+    if labels is not None:
+        if labels.shape != (n,):
+            raise ValueError(f"labels must have shape ({n},), got {tuple(labels.shape)}")
+        y = torch.cat([labels, labels])
+        positives = (y[rows][:, None] == y[None, :]) & ~self_mask
+        lse = torch.logsumexp(s.masked_fill(self_mask, float("-inf")), dim=1)
+        return (lse - (s * positives).sum(1) / positives.sum(1)).mean()
+    pos = (rows + n) % (2 * n)
+    if variant == "simclr":
+        excluded = self_mask
+    else:
+        excluded = ((rows // n)[:, None] == (cols // n)[None, :]) | (cols[None, :] == pos[:, None])
+    lse = torch.logsumexp(s.masked_fill(excluded, float("-inf")), dim=1)
+    return (lse - s.gather(1, pos[:, None]).squeeze(1)).mean()
+
+
 def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor | None = None) -> torch.Tensor:
     """z = mu + exp(logvar / 2) * eps with eps ~ N(0, I) (drawn here when not given)."""
     if eps is None:

@@ -31,7 +31,8 @@ def contrastive_specs(dtype: torch.dtype, d: int = 128, variant: str = "simclr",
     """(kernel, signature, constexprs, options) for the forward and backward contrastive kernels as launched
     on a GPU for inputs of ``dtype`` and width ``d``."""
     t = _DTYPE_STR[dtype]
-    scalars = dict(n_half="i32", d="i32", stride_u="i32", stride_du="i32", inv_tau="fp32")
+    scalars = dict(n_half="i32", row_off="i32", n_local="i32", d="i32", stride_u="i32", stride_du="i32",
+                   inv_tau="fp32")
     pointers = dict(U=f"*{t}", LABELS="*i64", LOSS="*fp32", LSE="*fp32", NPOS="*fp32", GRAD="*fp32", DU="*fp32")
     specs = []
     for backward, k in enumerate((contrastive._contrastive_fwd_kernel, contrastive._contrastive_bwd_kernel)):

@@ -37,6 +37,11 @@ Backward kernel: one program per block of rows k; recomputes each tile s_kl, for
 G = P_kl + P_lk - 2 Y_kl from lse_k and lse_l, accumulates G u_l with ``tl.dot`` and scales by
 g / (tau M), reading the upstream gradient g from device memory (no host sync).
 
+Local rows (data-parallel): both kernels take ``row_off`` and ``n_local`` and own only the 2 n_local rows
+row_off .. row_off + n_local - 1 of each view (global row indices; all 2N rows remain columns). One process
+is n_local = N, row_off = 0. ``gathered_contrastive_loss`` uses it: each rank runs its own rows against the
+gathered columns, and the backward scales by 1/(2 n_local) (see ``_GatheredContrastive``).
+
 Autograd: ``fastssl::contrastive_fwd`` / ``fastssl::contrastive_bwd`` are ``torch.library.custom_op``s
 with fake (meta) implementations; ``register_autograd`` on the forward op plays the role of a
 ``torch.autograd.Function`` (torch implements it as one), so ``torch.compile`` graphs can contain them.
@@ -108,14 +113,17 @@ def _similarity_tile(U, u_k, rows, row_ok, cols, col_ok, d, stride_u, inv_tau,
 @lazy_kernel
 def _contrastive_fwd_kernel(
     U, LABELS, LOSS, LSE, NPOS,
-    n_half, d, stride_u, inv_tau,
+    n_half, row_off, n_local, d, stride_u, inv_tau,
     VARIANT: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
+    """Rows: the 2 n_local local rows i -> global rows row_off + i (view 1) and n_half + row_off + i - n_local
+    (view 2); columns: all 2 n_half rows of U. LOSS/LSE/NPOS are indexed by the local row."""
     pid = tl.program_id(0)
     n_rows = 2 * n_half
-    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
-    row_ok = rows < n_rows
+    loc = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = loc < 2 * n_local
+    rows = loc + row_off + (loc >= n_local).to(tl.int32) * (n_half - n_local)
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < d
     row_view = (rows >= n_half).to(tl.int32)
@@ -133,9 +141,9 @@ def _contrastive_fwd_kernel(
     col_hi = n_rows
     if VARIANT == 1:
         first = pid * BLOCK_M
-        last = tl.minimum(first + BLOCK_M, n_rows) - 1
-        v_first = (first >= n_half).to(tl.int32)
-        v_last = (last >= n_half).to(tl.int32)
+        last = tl.minimum(first + BLOCK_M, 2 * n_local) - 1
+        v_first = (first >= n_local).to(tl.int32)
+        v_last = (last >= n_local).to(tl.int32)
         same = 1 - (v_last - v_first)  # 1 when the block lies in one view
         col_lo = same * (1 - v_first) * n_half
         col_hi = col_lo + n_half + (1 - same) * n_half
@@ -194,23 +202,25 @@ def _contrastive_fwd_kernel(
     if VARIANT == 2:
         pos_cnt = tl.where(row_ok, pos_cnt, 1.0)
         loss = lse - pos_sum / pos_cnt
-        tl.store(NPOS + rows, pos_cnt, mask=row_ok)
+        tl.store(NPOS + loc, pos_cnt, mask=row_ok)
     else:
         loss = lse - s_pos
-    tl.store(LOSS + rows, loss, mask=row_ok)
-    tl.store(LSE + rows, lse, mask=row_ok)
+    tl.store(LOSS + loc, loss, mask=row_ok)
+    tl.store(LSE + loc, lse, mask=row_ok)
 
 
 @lazy_kernel
 def _contrastive_bwd_kernel(
     U, LABELS, LSE, NPOS, GRAD, DU,
-    n_half, d, stride_u, stride_du, inv_tau,
+    n_half, row_off, n_local, d, stride_u, stride_du, inv_tau,
     VARIANT: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr,
     BLOCK_DV: tl.constexpr,
 ):
-    """DU_k = g / (tau M) sum_l (P_kl + P_lk - 2 Y_kl) u_l for this program's rows k, g = dL_out/dL.
+    """DU_k = g / (tau 2 n_local) sum_l (P_kl + P_lk - 2 Y_kl) u_l for this program's rows k, g = dL_out/dL.
 
+    Local rows as in the forward (single process: n_local = n_half, row_off = 0, so 2 n_local = M); LSE
+    holds all 2 n_half rows (P_lk needs every column's lse), NPOS and DU the local rows.
     Grid (row blocks, d slices of BLOCK_DV): for wide embeddings each program accumulates only its slice
     of dU (recomputing the similarity tiles over the full d), which bounds registers and shared memory.
     """
@@ -219,8 +229,9 @@ def _contrastive_bwd_kernel(
     offs_v = pid_v * BLOCK_DV + tl.arange(0, BLOCK_DV)
     v_ok = offs_v < d
     n_rows = 2 * n_half
-    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
-    row_ok = rows < n_rows
+    loc = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = loc < 2 * n_local
+    rows = loc + row_off + (loc >= n_local).to(tl.int32) * (n_half - n_local)
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < d
     row_view = (rows >= n_half).to(tl.int32)
@@ -237,16 +248,16 @@ def _contrastive_bwd_kernel(
     col_hi = n_rows
     if VARIANT == 1:
         first = pid * BLOCK_M
-        last = tl.minimum(first + BLOCK_M, n_rows) - 1
-        v_first = (first >= n_half).to(tl.int32)
-        v_last = (last >= n_half).to(tl.int32)
+        last = tl.minimum(first + BLOCK_M, 2 * n_local) - 1
+        v_first = (first >= n_local).to(tl.int32)
+        v_last = (last >= n_local).to(tl.int32)
         same = 1 - (v_last - v_first)
         col_lo = same * (1 - v_first) * n_half
         col_hi = col_lo + n_half + (1 - same) * n_half
 
     if VARIANT == 2:
         y_k = tl.load(LABELS + (rows % n_half), mask=row_ok, other=0)
-        two_over_cnt = 2.0 / tl.load(NPOS + rows, mask=row_ok, other=1.0)
+        two_over_cnt = 2.0 / tl.load(NPOS + loc, mask=row_ok, other=1.0)
 
     acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
     for c0 in range(col_lo, col_hi, BLOCK_N):
@@ -274,9 +285,9 @@ def _contrastive_bwd_kernel(
             g = g - tl.where(cols[None, :] == partner[:, None], 2.0, 0.0)
         acc += tl.dot(g.to(u_l.dtype), u_l, input_precision=PRECISION)
 
-    scale = tl.load(GRAD).to(tl.float32) * inv_tau / n_rows  # upstream gradient read on the device
+    scale = tl.load(GRAD).to(tl.float32) * inv_tau / (2 * n_local)  # upstream gradient read on the device
     acc = acc * scale
-    tl.store(DU + rows[:, None] * stride_du + offs_v[None, :], acc, mask=row_ok[:, None] & v_ok[None, :])
+    tl.store(DU + loc[:, None] * stride_du + offs_v[None, :], acc, mask=row_ok[:, None] & v_ok[None, :])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -383,19 +394,47 @@ def contrastive_fwd(z1: torch.Tensor, z2: torch.Tensor, labels: Optional[torch.T
     """Returns (loss fp32 scalar, u (2N, d) in the input dtype, rnorm (2N,), lse (2N,), npos (2N,))."""
     _check_inputs(z1, z2, labels, temperature, variant)
     check_runnable(z1, z2, labels)
-    n, d = z1.shape
+    n = z1.shape[0]
+    u, rnorm = _normalise(z1, z2)
+    loss_rows, lse, npos = _launch_fwd(u, labels, n, 0, n, temperature, variant, allow_tf32)
+    return loss_rows.mean(), u, rnorm, lse, npos
+
+
+def _normalise(z1: torch.Tensor, z2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """u = [z1; z2] / max(||row||, eps) in the input dtype (contiguous) and rnorm = 1 / max(||row||, eps) fp32."""
     z = torch.cat([z1, z2]).float()
     rnorm = 1.0 / torch.linalg.vector_norm(z, dim=1).clamp_min(_NORM_EPS)
-    u = (z * rnorm[:, None]).to(z1.dtype).contiguous()
-    loss_rows = torch.empty(2 * n, device=z1.device, dtype=torch.float32)
+    return (z * rnorm[:, None]).to(z1.dtype).contiguous(), rnorm
+
+
+def _launch_fwd(u, labels, n_half, row_off, n_local, temperature, variant, allow_tf32):
+    """Forward kernel on the 2 n_local local rows (see the kernel) of the (2 n_half, d) matrix u; returns their
+    (loss, lse, npos), fp32 (2 n_local,)."""
+    d = u.shape[1]
+    loss_rows = torch.empty(2 * n_local, device=u.device, dtype=torch.float32)
     lse = torch.empty_like(loss_rows)
     npos = torch.ones_like(loss_rows)
     lab = labels.contiguous() if labels is not None else u  # placeholder pointer when unused
-    cfg = launch_config(d, z1.dtype, allow_tf32, interpreter_enabled())
-    grid = (triton.cdiv(2 * n, cfg["BLOCK_M"]),)
-    _contrastive_fwd_kernel[grid](u, lab, loss_rows, lse, npos, n, d, u.stride(0), 1.0 / temperature,
-                                  VARIANT=variant, PRECISION=_precision(z1.dtype, allow_tf32), **cfg)
-    return loss_rows.mean(), u, rnorm, lse, npos
+    cfg = launch_config(d, u.dtype, allow_tf32, interpreter_enabled())
+    grid = (triton.cdiv(2 * n_local, cfg["BLOCK_M"]),)
+    _contrastive_fwd_kernel[grid](u, lab, loss_rows, lse, npos, n_half, row_off, n_local, d, u.stride(0),
+                                  1.0 / temperature, VARIANT=variant, PRECISION=_precision(u.dtype, allow_tf32),
+                                  **cfg)
+    return loss_rows, lse, npos
+
+
+def _launch_bwd(u, labels, lse, npos, grad, n_half, row_off, n_local, temperature, variant, allow_tf32):
+    """Backward kernel: dU (2 n_local, d) fp32 of the local rows; ``lse`` covers all 2 n_half rows of u."""
+    d = u.shape[1]
+    du = torch.empty((2 * n_local, d), device=u.device, dtype=torch.float32)
+    lab = labels.contiguous() if labels is not None else u
+    cfg = launch_config(d, u.dtype, allow_tf32, interpreter_enabled(), backward=True)
+    grid = (triton.cdiv(2 * n_local, cfg["BLOCK_M"]), triton.cdiv(cfg["BLOCK_D"], cfg["BLOCK_DV"]))
+    g = grad.reshape(1).float()
+    _contrastive_bwd_kernel[grid](u, lab, lse, npos, g, du, n_half, row_off, n_local, d, u.stride(0), du.stride(0),
+                                  1.0 / temperature, VARIANT=variant, PRECISION=_precision(u.dtype, allow_tf32),
+                                  **cfg)
+    return du
 
 
 @contrastive_fwd.register_fake
@@ -411,15 +450,8 @@ def contrastive_bwd(u: torch.Tensor, labels: Optional[torch.Tensor], lse: torch.
                     grad: torch.Tensor, temperature: float, variant: int, allow_tf32: bool) -> torch.Tensor:
     """dL/du (2N, d) fp32 for the loss L given the upstream gradient ``grad`` (a scalar tensor) of L."""
     check_runnable(u, labels, lse, npos, grad)
-    m, d = u.shape
-    du = torch.empty((m, d), device=u.device, dtype=torch.float32)
-    lab = labels.contiguous() if labels is not None else u
-    cfg = launch_config(d, u.dtype, allow_tf32, interpreter_enabled(), backward=True)
-    grid = (triton.cdiv(m, cfg["BLOCK_M"]), triton.cdiv(cfg["BLOCK_D"], cfg["BLOCK_DV"]))
-    g = grad.reshape(1).float()
-    _contrastive_bwd_kernel[grid](u, lab, lse, npos, g, du, m // 2, d, u.stride(0), du.stride(0), 1.0 / temperature,
-                                  VARIANT=variant, PRECISION=_precision(u.dtype, allow_tf32), **cfg)
-    return du
+    n = u.shape[0] // 2
+    return _launch_bwd(u, labels, lse, npos, grad, n, 0, n, temperature, variant, allow_tf32)
 
 
 @contrastive_bwd.register_fake
@@ -471,3 +503,68 @@ def fused_contrastive_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: floa
     else:
         raise ValueError(f"variant must be 'simclr' or 'decoupled' (or pass labels for SupCon), got {variant!r}")
     return torch.ops.fastssl.contrastive_fwd(z1, z2, labels, float(temperature), code, bool(allow_tf32))[0]
+
+
+# ----------------------------------------------------------------------------------------------
+# Data-parallel: local rows against the gathered columns
+# ----------------------------------------------------------------------------------------------
+
+class _GatheredContrastive(torch.autograd.Function):
+    """This rank's 2n rows of the global Z (K ranks, B = K n images) against all 2B columns.
+
+    Forward: normalise the local rows, all-gather u (and labels; no autograd), run the forward kernel
+    on the local rows only (O(2n x 2B) work), all-gather the rows' lse. Returns this rank's mean
+    l = (1/2n) sum_{own k} l_k; the mean over ranks is the global loss L.
+    Backward: no collective. With every row's lse at hand the backward kernel computes, for the own
+    rows, the complete gradient of the global loss (the symmetric form: P_kl from row k's own loss,
+    P_lk from the other rows' losses, wherever they live), scaled by 1/2n instead of 1/2B: that is
+    K dL/du_k, which DDP's mean over ranks turns into the single-process gradient. This assumes the
+    same upstream gradient g on every rank (``loss.backward()`` and GradScaler give that).
+    """
+
+    @staticmethod
+    def forward(ctx, z1, z2, labels, temperature, variant, allow_tf32):
+        from fastssl import distributed
+        _check_inputs(z1, z2, labels, temperature, variant)
+        n = z1.shape[0]
+        world, rank = distributed.world_size(), distributed.rank()
+        u, rnorm = _normalise(z1, z2)
+        big_u = torch.cat([distributed.all_gather_nograd(u[:n]), distributed.all_gather_nograd(u[n:])]).contiguous()
+        big_y = distributed.all_gather_nograd(labels.contiguous()) if labels is not None else None
+        if big_u.numel() >= 2**31:
+            raise ValueError("2B * d of the gathered batch must stay below 2**31 (32-bit offsets)")
+        loss_rows, lse, npos = _launch_fwd(big_u, big_y, world * n, rank * n, n, temperature, variant, allow_tf32)
+        big_lse = torch.cat([distributed.all_gather_nograd(lse[:n]), distributed.all_gather_nograd(lse[n:])])
+        ctx.save_for_backward(big_u, u, rnorm, big_lse, npos, big_y)
+        ctx.args = (world * n, rank * n, n, temperature, variant, allow_tf32, z1.dtype, z2.dtype)
+        return loss_rows.mean()
+
+    @staticmethod
+    def backward(ctx, g):
+        big_u, u, rnorm, big_lse, npos, big_y = ctx.saved_tensors
+        n_half, row_off, n, temperature, variant, allow_tf32, dt1, dt2 = ctx.args
+        du = _launch_bwd(big_u, big_y, big_lse, npos, g.detach(), n_half, row_off, n, temperature, variant,
+                         allow_tf32)
+        uf = u.float()
+        clamped = (rnorm >= 1.0 / _NORM_EPS)[:, None]
+        dz = torch.where(clamped, du, du - uf * (uf * du).sum(dim=1, keepdim=True)) * rnorm[:, None]
+        return dz[:n].to(dt1), dz[n:].to(dt2), None, None, None, None
+
+
+def gathered_contrastive_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float,
+                              labels: Optional[torch.Tensor] = None, variant: str = "simclr",
+                              allow_tf32: bool = False) -> torch.Tensor:
+    """``fused_contrastive_loss`` over the global batch of a torch.distributed group: this rank's (n, d) rows
+    z1, z2 (every rank the same n) against every rank's; returns this rank's mean over its 2n rows (see
+    ``_GatheredContrastive``). Without a group of > 1 ranks it is ``fused_contrastive_loss``."""
+    from fastssl import distributed
+    if not distributed.enabled():
+        return fused_contrastive_loss(z1, z2, temperature, labels=labels, variant=variant, allow_tf32=allow_tf32)
+    if labels is not None:
+        code = VARIANTS["supcon"]
+    elif variant in ("simclr", "decoupled"):
+        code = VARIANTS[variant]
+    else:
+        raise ValueError(f"variant must be 'simclr' or 'decoupled' (or pass labels for SupCon), got {variant!r}")
+    check_runnable(z1, z2, labels)
+    return _GatheredContrastive.apply(z1, z2, labels, float(temperature), code, bool(allow_tf32))

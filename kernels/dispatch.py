@@ -6,12 +6,20 @@ Methods call these functions, never a kernel directly. ``backend`` is "torch" or
 "triton" on a CPU device is an error unless ``TRITON_INTERPRET=1`` is set, in which case the kernels
 run in Triton's CPU interpreter (correct but very slow: for tests and debugging only). The kernel
 modules are imported lazily, so ``--kernels torch`` never needs Triton.
+
+Data-parallel runs (a torch.distributed group of K > 1 ranks, ``fastssl.distributed``): each rank
+passes its local (n, d) rows; the contrastive losses then use the global batch of B = K n images:
+this rank's 2n rows of Z against all 2B gathered columns (the Triton kernel's local-rows mode, or
+``losses.contrastive_rows_loss`` on the reference path), returning the mean over this rank's rows,
+so that the mean over ranks is the single-process loss on the concatenated batch. DARe's noise is
+drawn for the global batch and sliced, so a rank's rows get the noise of those rows of the
+single-process reference run.
 """
 from __future__ import annotations
 
 import torch
 
-from fastssl import losses
+from fastssl import distributed, losses
 from kernels._triton_utils import check_runnable, interpreter_enabled, triton_importable
 
 BACKENDS = ("auto", "triton", "torch")
@@ -63,8 +71,13 @@ def _tf32_allowed() -> bool:
 
 
 def contrastive_loss(z1, z2, temperature, labels=None, variant="simclr", backend="torch"):
-    """NT-Xent ("simclr"), decoupled cross-view ("decoupled") or SupCon (``labels`` given)."""
+    """NT-Xent ("simclr"), decoupled cross-view ("decoupled") or SupCon (``labels`` given).
+
+    In a process group of K > 1 ranks: the loss of this rank's rows against the global batch (see
+    the module docstring)."""
     _check_backend(backend)
+    if distributed.enabled():
+        return _gathered_contrastive_loss(z1, z2, temperature, labels, variant, backend)
     if backend == "triton":
         check_runnable(z1, z2, labels)
         from kernels.contrastive import fused_contrastive_loss
@@ -75,6 +88,28 @@ def contrastive_loss(z1, z2, temperature, labels=None, variant="simclr", backend
     return losses.ntxent_loss(z1, z2, temperature, variant=variant)
 
 
+@torch.compiler.disable  # collectives: a graph break under torch.compile
+def _gathered_contrastive_loss(z1, z2, temperature, labels, variant, backend):
+    if backend == "triton":
+        check_runnable(z1, z2, labels)
+        from kernels.contrastive import gathered_contrastive_loss
+        return gathered_contrastive_loss(z1, z2, temperature, labels=labels, variant=variant,
+                                         allow_tf32=_tf32_allowed())
+    # Reference: gradient-correct gather of both views, this rank's rows against all columns.
+    n, world, rank = z1.shape[0], distributed.world_size(), distributed.rank()
+    big1, big2 = distributed.all_gather_with_grad(z1), distributed.all_gather_with_grad(z2)
+    mine = torch.arange(rank * n, (rank + 1) * n, device=z1.device)
+    rows = torch.cat([mine, mine + world * n])
+    y = distributed.all_gather_nograd(labels) if labels is not None else None
+    return losses.contrastive_rows_loss(big1, big2, temperature, rows, labels=y, variant=variant)
+
+
+def _global_noise(mu: torch.Tensor) -> torch.Tensor:
+    """N(0, I) drawn for the global batch (K n rows, the same stream on every rank), this rank's n rows."""
+    n, world, rank = mu.shape[0], distributed.world_size(), distributed.rank()
+    return torch.randn((world * n, *mu.shape[1:]), dtype=mu.dtype, device=mu.device)[rank * n:(rank + 1) * n]
+
+
 def reparam_jsd(mu1, logvar1, mu2, logvar2, backend="torch"):
     """(z1, z2, jsd): both views reparameterised with fresh N(0, I) noise, and their Gaussian JSD.
 
@@ -83,6 +118,16 @@ def reparam_jsd(mu1, logvar1, mu2, logvar2, backend="torch"):
     reference's ``torch.randn`` stream, it is not the same sample).
     """
     _check_backend(backend)
+    if distributed.enabled():
+        # The global batch's noise, sliced (matches the single-process reference run row for row).
+        # The JSD is per sample: this rank's mean, whose mean over ranks is the global mean.
+        eps1, eps2 = _global_noise(mu1), _global_noise(mu2)
+        if backend == "triton":
+            check_runnable(mu1, logvar1, mu2, logvar2)
+            from kernels.dare import fused_reparam_jsd
+            return fused_reparam_jsd(mu1, logvar1, mu2, logvar2, eps1=eps1, eps2=eps2)
+        return (losses.reparameterize(mu1, logvar1, eps1), losses.reparameterize(mu2, logvar2, eps2),
+                losses.gaussian_jsd(mu1, logvar1, mu2, logvar2))
     if backend == "triton":
         check_runnable(mu1, logvar1, mu2, logvar2)
         from kernels.dare import draw_seed, fused_reparam_jsd
