@@ -1,4 +1,6 @@
-"""Command-line front end of scripts/pretrain.py: parse, resolve, train, report errors on one line."""
+"""Command-line front end of scripts/pretrain.py: parse, resolve, train, report errors on one line.
+
+Under torchrun every process runs this; only rank 0 (RANK=0) prints the configuration and the result."""
 from __future__ import annotations
 
 import sys
@@ -6,28 +8,37 @@ import sys
 from data_prep import DataError
 
 from .config import CLIError, parse_args, resolve
+from .distributed import env_rank
 
 
 def main(argv=None) -> int:
     cfg = parse_args(argv)  # argparse itself exits with code 2 on a malformed option
+    main_rank = env_rank() == 0
     try:
         cfg = resolve(cfg)
     except CLIError as e:
-        print(f"pretrain.py: error: {e}", file=sys.stderr)
+        if main_rank:
+            print(f"pretrain.py: error: {e}", file=sys.stderr)
         return 2
-    from .train import TrainingDiverged, train
-    print("config: " + ", ".join(f"{k}={v}" for k, v in vars(cfg).items()))
+    from .train import ResumeError, TrainingDiverged, train
+    if main_rank:
+        print("config: " + ", ".join(f"{k}={v}" for k, v in vars(cfg).items()))
     try:
         summary = train(cfg)
     except (DataError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except ResumeError as e:
+        print(f"pretrain.py: error: {e}", file=sys.stderr)
+        return 2
     except TrainingDiverged as e:
         print(f"error: training diverged: {e}", file=sys.stderr)
         return 3
     except KeyboardInterrupt:
         print(f"\ninterrupted; continue with --resume --out {cfg.out}", file=sys.stderr)
         return 130
+    if summary is None:  # a data-parallel rank other than 0: rank 0 reports
+        return 0
     lin = summary["linear_top1"]
     print(f"done in {summary['wall_s']:.0f} s: kNN top-1 {summary['knn_top1_init']:.2f}% -> {summary['knn_top1']:.2f}%"
           + (f", linear top-1 {lin:.2f}%" if lin is not None else "") + f"; results in {cfg.out}/summary.json")

@@ -14,7 +14,7 @@ import torch
 
 from kernels.dispatch import BACKENDS
 
-from . import methods
+from . import distributed, methods
 from .augment import POLICY_NAMES
 from .loaders import LOADERS
 from .models import ENCODERS
@@ -29,6 +29,7 @@ class Config:
     width: int | None = None
     epochs: int | None = None
     batch_size: int | None = None
+    lr_scaling: str | None = None
     optimizer: str | None = None
     lr: float | None = None
     weight_decay: float | None = None
@@ -66,7 +67,8 @@ class Config:
 
 
 DEFAULTS = dict(
-    dataset="cifar10", encoder="resnet18", width=64, epochs=100, batch_size=512, optimizer="sgd", lr=0.4, weight_decay=5e-4,
+    dataset="cifar10", encoder="resnet18", width=64, epochs=100, batch_size=512, lr_scaling="linear", optimizer="sgd",
+    lr=0.4, weight_decay=5e-4,
     momentum=0.9, warmup_epochs=10.0, temperature=0.2, proj_hidden=2048, proj_dim=256, dare_lambda=0.1,
     dare_variant="decoupled", triplet_margin=0.2, triplet_mining="semihard", ema_base=0.99, aug="default",
     amp="auto", compile="auto", channels_last=True, kernels="auto", device="auto", seed=0, train_subset=0,
@@ -90,13 +92,16 @@ CHOICES = dict(
     device=("auto", "cpu", "cuda"), dare_variant=("decoupled", "simclr"),
     loader=LOADERS,
     triplet_mining=("semihard", "batch_hard"),
+    lr_scaling=("linear", "sqrt", "none"),
 )
 
 HELP = dict(
     method="training method", dataset="dataset", data="dataset archive, image folder or a folder holding one "
     "(else $FASTSSL_DATA, else the cache, else download)", encoder="backbone", width="channels of the first "
-    "stage (64 = the standard network)", epochs="training epochs", batch_size="images per step (2 views each)",
-    optimizer="optimizer", lr="peak learning rate per 256 images (scaled by batch/256)",
+    "stage (64 = the standard network)", epochs="training epochs", batch_size="global batch: images per "
+    "optimiser step over all processes (2 views each); under torchrun each of K processes takes B/K",
+    lr_scaling="peak lr from --lr and the global batch B: linear = lr*B/256, sqrt = lr*sqrt(B/256), none = lr",
+    optimizer="optimizer", lr="peak learning rate per 256 images (scaled to the global batch by --lr-scaling)",
     weight_decay="weight decay (not on biases and norm parameters)", momentum="SGD/LARS momentum",
     warmup_epochs="linear warmup length, then cosine decay", temperature="contrastive temperature tau",
     proj_hidden="projector hidden width", proj_dim="projector output size", dare_lambda="DARe: weight of "
@@ -186,6 +191,10 @@ def resolve(cfg: Config) -> Config:
         cfg.compile = "on" if cfg.device == "cuda" else "off"
     if cfg.epochs < 1 or cfg.batch_size < 2 or cfg.width < 1 or cfg.temperature <= 0:
         raise CLIError("--epochs and --width must be >= 1, --batch-size >= 2 and --temperature > 0")
+    world = distributed.env_world_size()  # torchrun's WORLD_SIZE; 1 for a plain run
+    if cfg.batch_size % world:
+        raise CLIError(f"--batch-size {cfg.batch_size} is the global batch and must be divisible by the number of "
+                       f"processes ({world})")
     if cfg.out is None:
         cfg.out = f"runs/{cfg.method}-{cfg.dataset}-{cfg.encoder}"
     from kernels.dispatch import resolve_backend

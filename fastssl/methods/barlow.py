@@ -8,7 +8,7 @@ Linear), as in the official code. No labels, no negatives, no stop-gradient.
 """
 import torch
 
-from .. import losses
+from .. import distributed, losses
 from ..models import mlp
 from .base import Method, register
 
@@ -31,5 +31,8 @@ class BarlowTwins(Method):
     def forward(self, v1, v2, labels=None):
         z1, z2 = self.projector(self.encoder(v1)), self.projector(self.encoder(v2))
         with torch.autocast(z1.device.type, enabled=False):  # C_ii ~ 1 needs fp32, not a bf16 matmul
-            loss = losses.barlow_twins_loss(z1.float(), z2.float(), self.lambd)
+            # Data-parallel: standardisation and C over the global batch (gathered, gradient-correct);
+            # every rank computes the same global loss (a D x D matrix: cheap next to the network).
+            z1, z2 = distributed.all_gather_with_grad(z1.float()), distributed.all_gather_with_grad(z2.float())
+            loss = losses.barlow_twins_loss(z1, z2, self.lambd)
         return {"loss": loss}

@@ -11,7 +11,7 @@ projector 2048 -> 256, like SupCon, so the two supervised methods differ only in
 """
 import torch
 
-from .. import losses
+from .. import distributed, losses
 from ..models import mlp
 from .base import Method, register
 
@@ -29,8 +29,12 @@ class Triplet(Method):
     def forward(self, v1, v2, labels=None):
         if labels is None:
             raise ValueError("triplet is supervised: forward needs the labels")
-        z = torch.cat([self.projector(self.encoder(v1)), self.projector(self.encoder(v2))])
-        with torch.autocast(z.device.type, enabled=False):  # distances vs a 0.2 margin: fp32, not bf16
-            loss = losses.triplet_loss(z.float(), torch.cat([labels, labels]), margin=self.cfg.triplet_margin,
+        z1, z2 = self.projector(self.encoder(v1)), self.projector(self.encoder(v2))
+        with torch.autocast(z1.device.type, enabled=False):  # distances vs a 0.2 margin: fp32, not bf16
+            # Data-parallel: mining over the global batch (gathered, gradient-correct; the same loss on every rank).
+            gather = distributed.all_gather_with_grad
+            z = torch.cat([gather(z1.float()), gather(z2.float())])
+            labels = distributed.all_gather_nograd(labels)
+            loss = losses.triplet_loss(z, torch.cat([labels, labels]), margin=self.cfg.triplet_margin,
                                        mining=self.cfg.triplet_mining)
         return {"loss": loss}
