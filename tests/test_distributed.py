@@ -154,6 +154,22 @@ def test_augment_rows_slice_equals_whole_batch():
 B, FEAT, DIM = 10, 12, 20  # global batch (5 per rank), input and embedding width
 
 
+@pytest.mark.parametrize("case", ["simclr", "decoupled", "supcon"])
+def test_contrastive_rows_loss_partitions_the_reference(case, float64):
+    from fastssl import losses
+    g = torch.Generator().manual_seed(0)
+    z1, z2, y = torch.randn(9, 7, generator=g), torch.randn(9, 7, generator=g), torch.randint(0, 3, (9,), generator=g)
+    labels = y if case == "supcon" else None
+    variant = "simclr" if case == "supcon" else case
+    full = losses.supcon_loss(z1, z2, y, 0.3) if labels is not None else losses.ntxent_loss(z1, z2, 0.3, variant)
+    rows = lambda idx: torch.cat([torch.tensor(idx), 9 + torch.tensor(idx)])  # noqa: E731
+    part = [losses.contrastive_rows_loss(z1, z2, 0.3, rows(idx), labels=labels, variant=variant)
+            for idx in ([0, 1, 2], [3, 4, 5], [6, 7, 8])]
+    torch.testing.assert_close(torch.stack(part).mean(), full)
+    torch.testing.assert_close(losses.contrastive_rows_loss(z1, z2, 0.3, torch.arange(18), labels, variant), full)
+    assert not torch.allclose(part[0], part[1])
+
+
 def _global_inputs():
     g = torch.Generator().manual_seed(0)
     x1, x2 = torch.randn(B, FEAT, generator=g), torch.randn(B, FEAT, generator=g)

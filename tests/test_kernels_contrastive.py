@@ -139,6 +139,36 @@ def test_small_tiles_straddling_views(interpret, variant, n, d, block_k, block_d
         check_against_reference(variant, n, d, 0.2, labels, seed=3)
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("row_off,n_local", [(0, 13), (0, 5), (4, 5), (12, 1)])
+def test_local_rows_mode(interpret, variant, row_off, n_local):
+    """The data-parallel mode: rows row_off .. row_off + n_local - 1 of each view against all 2N columns give
+    exactly those rows of the whole forward (loss, lse, |P|) and, with every row's lse, those rows of the whole
+    backward scaled by N / n_local (the backward divides by the local row count 2 n_local, not by 2N).
+    N = 13 and 16 x 16 tiles: ragged blocks that straddle the views."""
+    n, d = 13, 20
+    gen = torch.Generator().manual_seed(4)
+    u, _ = kc._normalise(torch.randn(n, d, generator=gen), torch.randn(n, d, generator=gen))
+    labels = make_labels(n, "many", gen) if variant == "supcon" else None
+    grad = torch.tensor(1.3)
+    mine = torch.cat([torch.arange(row_off, row_off + n_local), n + torch.arange(row_off, row_off + n_local)])
+    with kc.block_sizes(16, 16):
+        full = kc._launch_fwd(u, labels, n, 0, n, 0.3, kc.VARIANTS[variant], False)
+        local = kc._launch_fwd(u, labels, n, row_off, n_local, 0.3, kc.VARIANTS[variant], False)
+        for got, ref in zip(local, full):
+            torch.testing.assert_close(got, ref[mine], rtol=0, atol=1e-6)
+        du_full = kc._launch_bwd(u, labels, full[1], full[2], grad, n, 0, n, 0.3, kc.VARIANTS[variant], False)
+        du_local = kc._launch_bwd(u, labels, full[1], local[2], grad, n, row_off, n_local, 0.3, kc.VARIANTS[variant],
+                                  False)
+    torch.testing.assert_close(du_local, du_full[mine] * (n / n_local), rtol=1e-5, atol=1e-6)
+    # and the whole-batch gradient is the reference's (so the local rows are too)
+    uu = u.clone().requires_grad_(True)
+    ref = reference(uu[:n], uu[n:], 0.3, variant, labels)
+    (g_ref,) = torch.autograd.grad(ref * grad, uu)
+    tangent = du_full - u * (u * du_full).sum(1, keepdim=True)  # u is unit norm: the normalisation's projection
+    torch.testing.assert_close(tangent, g_ref, rtol=1e-4, atol=1e-6)
+
+
 def test_launch_configs_cover_every_width():
     """GPU configs exist for narrow and wide rows and stay within the shapes the kernels assume."""
     for dtype, tf32 in ((torch.float32, False), (torch.float32, True), (torch.bfloat16, False)):
