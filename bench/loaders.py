@@ -27,8 +27,8 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+# the repository root first and not this folder: bench/kernels.py would shadow the kernels package
+sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() not in (ROOT, ROOT / "bench")]
 
 from data_prep import DataError, load_dataset  # noqa: E402
 from data_prep.formats import MissingPackage, ensure_formats  # noqa: E402

@@ -28,8 +28,8 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+# the repository root first and not this folder: bench/kernels.py would shadow the kernels package
+sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() not in (ROOT, ROOT / "bench")]
 
 from bench._common import RESULTS, device_tag, environment, stamp  # noqa: E402
 
@@ -79,9 +79,9 @@ def pieces(args, out: Path) -> list[dict]:
         dict(name="kernels", limit=60, json="kernels.json",
              argv=[py, "bench/kernels.py", "--out", out_of("kernels.json")]
              + ([] if smoke else ["--sizes", "1024", "8192", "65536", "--dims", "128", "--rep", "50"])),
-        dict(name="loaders", limit=40, json="loaders.json", skipped_loaders=loader_skips,
+        dict(name="loaders", limit=45, json="loaders.json", skipped_loaders=loader_skips,
              argv=[py, "bench/loaders.py", "--loaders", *loaders, "--out", out_of("loaders.json"), *data]
-             + (["--subset", "64", "--batch-size", "16", "--workers", "0"] if smoke else [])),
+             + (["--subset", "64", "--batch-size", "16", "--workers", "0"] if smoke else ["--subset", "20480"])),
         dict(name="train-step", limit=160, json="train_step.json",
              argv=[py, "bench/train_step.py", "--out", out_of("train_step.json"), *data]
              + (["--encoders", "resnet18", "--width", "8", "--batch-size", "16", "--steps", "2", "--warmup", "1"]

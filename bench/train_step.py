@@ -28,8 +28,8 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+# the repository root first and not this folder: bench/kernels.py would shadow the kernels package
+sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() not in (ROOT, ROOT / "bench")]
 
 from bench._common import RESULTS, device_tag, environment, stamp, write_result  # noqa: E402
 
