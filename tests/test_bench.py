@@ -150,3 +150,26 @@ def test_committed_readme_section_matches_the_committed_json():
     readme = (ROOT / "README.md").read_text()
     assert render_results.replace_section(readme, render_results.render()) == readme, \
         "README results section is stale: run python scripts/render_results.py"
+
+
+def test_run_all_gpu_command_lines_parse(tmp_path, monkeypatch):
+    """Without a GPU, at least check that every GPU-mode piece's command line is accepted by its script."""
+    import importlib
+
+    from fastssl.config import parse_args as pretrain_args
+    args = run_all.parse_args(["--data", "somewhere"])
+    pieces = {p["name"]: p for p in run_all.pieces(args, tmp_path)}
+    assert list(pieces) == ["data", "kernel-tests", "kernels", "loaders", "train-step", "pretrain-dare-fast",
+                            "simclr-r18-cifar10"]
+    assert sum(p["limit"] for p in pieces.values()) <= args.deadline <= 540  # fits one 10-minute call
+    parsers = {"bench/kernels.py": importlib.import_module("bench.kernels").parse_args,
+               "bench/loaders.py": importlib.import_module("bench.loaders").parse_args,
+               "bench/train_step.py": train_step.parse_args, "scripts/pretrain.py": pretrain_args}
+    for p in pieces.values():
+        script = p["argv"][1]
+        if script in parsers:
+            parsers[script](p["argv"][2:])  # argparse exits on an unknown flag
+    assert pieces["pretrain-dare-fast"]["argv"][2:6] == ["--method", "dare", "--fast", "--no-progress"]
+    skipped = pieces["loaders"]["skipped_loaders"]
+    for name, module in (("ffcv", "ffcv"), ("dali", "nvidia.dali")):
+        assert (name in skipped) != run_all.module_available(module)
