@@ -488,6 +488,15 @@ contrastive_fwd.register_autograd(_backward, setup_context=_setup_context)
 # Public API
 # ----------------------------------------------------------------------------------------------
 
+def _variant_code(variant: str, labels) -> int:
+    """The kernels' variant code: SupCon when labels are given, else simclr or decoupled."""
+    if labels is not None:
+        return VARIANTS["supcon"]
+    if variant in ("simclr", "decoupled"):
+        return VARIANTS[variant]
+    raise ValueError(f"variant must be 'simclr' or 'decoupled' (or pass labels for SupCon), got {variant!r}")
+
+
 def fused_contrastive_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float,
                            labels: Optional[torch.Tensor] = None, variant: str = "simclr",
                            allow_tf32: bool = False) -> torch.Tensor:
@@ -496,12 +505,7 @@ def fused_contrastive_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: floa
 
     ``allow_tf32`` lets an fp32 similarity run on tf32 tensor cores (GPU only; ~1e-3 relative error).
     """
-    if labels is not None:
-        code = VARIANTS["supcon"]
-    elif variant in ("simclr", "decoupled"):
-        code = VARIANTS[variant]
-    else:
-        raise ValueError(f"variant must be 'simclr' or 'decoupled' (or pass labels for SupCon), got {variant!r}")
+    code = _variant_code(variant, labels)
     return torch.ops.fastssl.contrastive_fwd(z1, z2, labels, float(temperature), code, bool(allow_tf32))[0]
 
 
@@ -560,11 +564,6 @@ def gathered_contrastive_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: f
     from fastssl import distributed
     if not distributed.enabled():
         return fused_contrastive_loss(z1, z2, temperature, labels=labels, variant=variant, allow_tf32=allow_tf32)
-    if labels is not None:
-        code = VARIANTS["supcon"]
-    elif variant in ("simclr", "decoupled"):
-        code = VARIANTS[variant]
-    else:
-        raise ValueError(f"variant must be 'simclr' or 'decoupled' (or pass labels for SupCon), got {variant!r}")
+    code = _variant_code(variant, labels)
     check_runnable(z1, z2, labels)
     return _GatheredContrastive.apply(z1, z2, labels, float(temperature), code, bool(allow_tf32))
