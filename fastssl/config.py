@@ -12,9 +12,9 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from kernels.dispatch import BACKENDS
 
 from . import distributed, methods
+from .dispatch import BACKENDS
 from .augment import POLICY_NAMES
 from .loaders import LOADERS
 from .models import ENCODERS
@@ -197,7 +197,7 @@ def resolve(cfg: Config) -> Config:
                        f"processes ({world})")
     if cfg.out is None:
         cfg.out = f"runs/{cfg.method}-{cfg.dataset}-{cfg.encoder}"
-    from kernels.dispatch import resolve_backend
+    from .dispatch import resolve_backend
     try:
         cfg.backend = resolve_backend(cfg.kernels, cfg.device)
     except (ValueError, RuntimeError) as e:

@@ -42,7 +42,7 @@ row_off .. row_off + n_local - 1 of each view (global row indices; all 2N rows r
 is n_local = N, row_off = 0. ``gathered_contrastive_loss`` uses it: each rank runs its own rows against the
 gathered columns, and the backward scales by 1/(2 n_local) (see ``_GatheredContrastive``).
 
-Autograd: ``fastssl::contrastive_fwd`` / ``fastssl::contrastive_bwd`` are ``torch.library.custom_op``s
+Autograd: ``ssl_kernels::contrastive_fwd`` / ``ssl_kernels::contrastive_bwd`` are ``torch.library.custom_op``s
 with fake (meta) implementations; ``register_autograd`` on the forward op plays the role of a
 ``torch.autograd.Function`` (torch implements it as one), so ``torch.compile`` graphs can contain them.
 
@@ -54,7 +54,7 @@ backward multiplies the fp32 weight tile, cast to the input dtype, with u_l.
 from __future__ import annotations
 
 import contextlib
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -387,7 +387,7 @@ def _check_inputs(z1, z2, labels, temperature, variant) -> None:
 # Custom ops (opaque to torch.compile) and their autograd
 # ----------------------------------------------------------------------------------------------
 
-@torch.library.custom_op("fastssl::contrastive_fwd", mutates_args=())
+@torch.library.custom_op("ssl_kernels::contrastive_fwd", mutates_args=())
 def contrastive_fwd(z1: torch.Tensor, z2: torch.Tensor, labels: Optional[torch.Tensor], temperature: float,
                     variant: int, allow_tf32: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
                                                              torch.Tensor, torch.Tensor]:
@@ -445,7 +445,7 @@ def _(z1, z2, labels, temperature, variant, allow_tf32):
             z1.new_empty((m,), **f32), z1.new_empty((m,), **f32))
 
 
-@torch.library.custom_op("fastssl::contrastive_bwd", mutates_args=())
+@torch.library.custom_op("ssl_kernels::contrastive_bwd", mutates_args=())
 def contrastive_bwd(u: torch.Tensor, labels: Optional[torch.Tensor], lse: torch.Tensor, npos: torch.Tensor,
                     grad: torch.Tensor, temperature: float, variant: int, allow_tf32: bool) -> torch.Tensor:
     """dL/du (2N, d) fp32 for the loss L given the upstream gradient ``grad`` (a scalar tensor) of L."""
@@ -471,7 +471,7 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, g_loss, g_u, g_rnorm, g_lse, g_npos):
     u, rnorm, lse, npos, labels = ctx.saved_tensors
     m = u.shape[0]
-    du = torch.ops.fastssl.contrastive_bwd(u, labels, lse, npos, g_loss, ctx.temperature, ctx.variant,
+    du = torch.ops.ssl_kernels.contrastive_bwd(u, labels, lse, npos, g_loss, ctx.temperature, ctx.variant,
                                            ctx.allow_tf32)
     # back through u = z * rnorm, rnorm = 1 / max(||z||, eps)
     uf = u.float()
@@ -506,7 +506,7 @@ def fused_contrastive_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: floa
     ``allow_tf32`` lets an fp32 similarity run on tf32 tensor cores (GPU only; ~1e-3 relative error).
     """
     code = _variant_code(variant, labels)
-    return torch.ops.fastssl.contrastive_fwd(z1, z2, labels, float(temperature), code, bool(allow_tf32))[0]
+    return torch.ops.ssl_kernels.contrastive_fwd(z1, z2, labels, float(temperature), code, bool(allow_tf32))[0]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -527,18 +527,16 @@ class _GatheredContrastive(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, z1, z2, labels, temperature, variant, allow_tf32):
-        from fastssl import distributed
+    def forward(ctx, z1, z2, labels, temperature, variant, allow_tf32, rank, world, all_gather):
         _check_inputs(z1, z2, labels, temperature, variant)
         n = z1.shape[0]
-        world, rank = distributed.world_size(), distributed.rank()
         u, rnorm = _normalise(z1, z2)
-        big_u = torch.cat([distributed.all_gather_nograd(u[:n]), distributed.all_gather_nograd(u[n:])]).contiguous()
-        big_y = distributed.all_gather_nograd(labels.contiguous()) if labels is not None else None
+        big_u = torch.cat([all_gather(u[:n]), all_gather(u[n:])]).contiguous()
+        big_y = all_gather(labels.contiguous()) if labels is not None else None
         if big_u.numel() >= 2**31:
             raise ValueError("2B * d of the gathered batch must stay below 2**31 (32-bit offsets)")
         loss_rows, lse, npos = _launch_fwd(big_u, big_y, world * n, rank * n, n, temperature, variant, allow_tf32)
-        big_lse = torch.cat([distributed.all_gather_nograd(lse[:n]), distributed.all_gather_nograd(lse[n:])])
+        big_lse = torch.cat([all_gather(lse[:n]), all_gather(lse[n:])])
         ctx.save_for_backward(big_u, u, rnorm, big_lse, npos, big_y)
         ctx.args = (world * n, rank * n, n, temperature, variant, allow_tf32, z1.dtype, z2.dtype)
         return loss_rows.mean()
@@ -552,18 +550,21 @@ class _GatheredContrastive(torch.autograd.Function):
         uf = u.float()
         clamped = (rnorm >= 1.0 / _NORM_EPS)[:, None]
         dz = torch.where(clamped, du, du - uf * (uf * du).sum(dim=1, keepdim=True)) * rnorm[:, None]
-        return dz[:n].to(dt1), dz[n:].to(dt2), None, None, None, None
+        return dz[:n].to(dt1), dz[n:].to(dt2), None, None, None, None, None, None, None
 
 
 def gathered_contrastive_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float,
                               labels: Optional[torch.Tensor] = None, variant: str = "simclr",
-                              allow_tf32: bool = False) -> torch.Tensor:
-    """``fused_contrastive_loss`` over the global batch of a torch.distributed group: this rank's (n, d) rows
-    z1, z2 (every rank the same n) against every rank's; returns this rank's mean over its 2n rows (see
-    ``_GatheredContrastive``). Without a group of > 1 ranks it is ``fused_contrastive_loss``."""
-    from fastssl import distributed
-    if not distributed.enabled():
+                              allow_tf32: bool = False, *, rank: int, world_size: int,
+                              all_gather: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """``fused_contrastive_loss`` over the global batch of a data-parallel group of ``world_size`` ranks:
+    this rank's (n, d) rows z1, z2 (every rank the same n) against every rank's; returns this rank's mean
+    over its 2n rows (see ``_GatheredContrastive``). ``all_gather(t)`` must return the concatenation over
+    ranks, in rank order, of every rank's ``t`` along dim 0, without autograd (the caller's collective:
+    this package imports no process-group code). With ``world_size == 1`` it is ``fused_contrastive_loss``."""
+    if world_size == 1:
         return fused_contrastive_loss(z1, z2, temperature, labels=labels, variant=variant, allow_tf32=allow_tf32)
     code = _variant_code(variant, labels)
     check_runnable(z1, z2, labels)
-    return _GatheredContrastive.apply(z1, z2, labels, float(temperature), code, bool(allow_tf32))
+    return _GatheredContrastive.apply(z1, z2, labels, float(temperature), code, bool(allow_tf32), int(rank),
+                                      int(world_size), all_gather)

@@ -155,7 +155,7 @@ def _seed_value(seed: torch.Tensor) -> int:
         raise ValueError("2 N d must stay below 2**31 (32-bit Philox offsets)")
 
 
-@torch.library.custom_op("fastssl::reparam_jsd_fwd", mutates_args=())
+@torch.library.custom_op("ssl_kernels::reparam_jsd_fwd", mutates_args=())
 def reparam_jsd_fwd(mu1: torch.Tensor, logvar1: torch.Tensor, mu2: torch.Tensor, logvar2: torch.Tensor,
                     eps1: Optional[torch.Tensor], eps2: Optional[torch.Tensor],
                     seed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -185,7 +185,7 @@ def _(mu1, logvar1, mu2, logvar2, eps1, eps2, seed):
     return torch.empty_like(mu1), torch.empty_like(mu2), mu1.new_empty((), dtype=torch.float32)
 
 
-@torch.library.custom_op("fastssl::reparam_jsd_bwd", mutates_args=())
+@torch.library.custom_op("ssl_kernels::reparam_jsd_bwd", mutates_args=())
 def reparam_jsd_bwd(mu1: torch.Tensor, logvar1: torch.Tensor, mu2: torch.Tensor, logvar2: torch.Tensor,
                     eps1: Optional[torch.Tensor], eps2: Optional[torch.Tensor], seed: torch.Tensor,
                     g_z1: Optional[torch.Tensor], g_z2: Optional[torch.Tensor],
@@ -223,7 +223,7 @@ def _backward(ctx, g_z1, g_z2, g_jsd):
     mu1, logvar1, mu2, logvar2, eps1, eps2, seed = ctx.saved_tensors
     if g_jsd is None:
         g_jsd = torch.zeros((), device=mu1.device, dtype=torch.float32)
-    dmu1, dlv1, dmu2, dlv2 = torch.ops.fastssl.reparam_jsd_bwd(mu1, logvar1, mu2, logvar2, eps1, eps2, seed,
+    dmu1, dlv1, dmu2, dlv2 = torch.ops.ssl_kernels.reparam_jsd_bwd(mu1, logvar1, mu2, logvar2, eps1, eps2, seed,
                                                                g_z1, g_z2, g_jsd)
     return dmu1, dlv1, dmu2, dlv2, None, None, None
 
@@ -253,4 +253,4 @@ def fused_reparam_jsd(mu1: torch.Tensor, logvar1: torch.Tensor, mu2: torch.Tenso
             seed = torch.tensor(int(seed), dtype=torch.int64)
     else:
         seed = torch.zeros((), dtype=torch.int64)  # unused with explicit eps
-    return torch.ops.fastssl.reparam_jsd_fwd(mu1, logvar1, mu2, logvar2, eps1, eps2, seed)
+    return torch.ops.ssl_kernels.reparam_jsd_fwd(mu1, logvar1, mu2, logvar2, eps1, eps2, seed)

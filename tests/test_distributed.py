@@ -188,7 +188,7 @@ LOSS_CASES = ["simclr", "decoupled", "supcon", "barlow", "triplet"]
 def _loss(case, z1, z2, y, backend="torch"):
     """The loss a rank back-propagates for ``case``, written as the methods write it."""
     from fastssl import losses
-    from kernels import dispatch
+    from fastssl import dispatch
     if case in ("simclr", "decoupled"):
         return dispatch.contrastive_loss(z1, z2, 0.3, variant=case, backend=backend)
     if case == "supcon":

@@ -81,18 +81,18 @@ def test_fake_shapes():
     from torch._subclasses.fake_tensor import FakeTensorMode
     with FakeTensorMode():
         z1, z2 = torch.empty(7, 130), torch.empty(7, 130)
-        loss, u, rnorm, lse, npos = torch.ops.fastssl.contrastive_fwd(z1, z2, None, 0.2, 0, False)
+        loss, u, rnorm, lse, npos = torch.ops.ssl_kernels.contrastive_fwd(z1, z2, None, 0.2, 0, False)
         assert loss.shape == () and loss.dtype == torch.float32
         assert u.shape == (14, 130) and rnorm.shape == lse.shape == npos.shape == (14,)
         zb = torch.empty(7, 130, dtype=torch.bfloat16)
-        assert torch.ops.fastssl.contrastive_fwd(zb, zb, None, 0.2, 0, False)[1].dtype == torch.bfloat16
-        du = torch.ops.fastssl.contrastive_bwd(u, None, lse, npos, loss, 0.2, 0, False)
+        assert torch.ops.ssl_kernels.contrastive_fwd(zb, zb, None, 0.2, 0, False)[1].dtype == torch.bfloat16
+        du = torch.ops.ssl_kernels.contrastive_bwd(u, None, lse, npos, loss, 0.2, 0, False)
         assert du.shape == (14, 130) and du.dtype == torch.float32
         m = torch.empty(5, 33, dtype=torch.bfloat16)
         seed = torch.tensor(3)
-        z1, z2, jsd = torch.ops.fastssl.reparam_jsd_fwd(m, m, m, m, None, None, seed)
+        z1, z2, jsd = torch.ops.ssl_kernels.reparam_jsd_fwd(m, m, m, m, None, None, seed)
         assert z1.shape == z2.shape == (5, 33) and z1.dtype == torch.bfloat16 and jsd.shape == ()
-        grads = torch.ops.fastssl.reparam_jsd_bwd(m, m, m, m, None, None, seed, m, None, jsd)
+        grads = torch.ops.ssl_kernels.reparam_jsd_bwd(m, m, m, m, None, None, seed, m, None, jsd)
         assert [g.shape for g in grads] == [(5, 33)] * 4
 
 
@@ -107,12 +107,12 @@ def test_opcheck_contrastive(interpret, variant):
     z1 = torch.randn(5, 12, generator=gen, requires_grad=True)
     z2 = torch.randn(5, 12, generator=gen, requires_grad=True)
     labels = torch.tensor([0, 1, 0, 1, 2]) if variant == "supcon" else None
-    _opcheck(torch.ops.fastssl.contrastive_fwd.default, (z1, z2, labels, 0.3, kc.VARIANTS[variant], False))
+    _opcheck(torch.ops.ssl_kernels.contrastive_fwd.default, (z1, z2, labels, 0.3, kc.VARIANTS[variant], False))
 
 
 def test_opcheck_contrastive_bwd(interpret):
     u = torch.nn.functional.normalize(torch.randn(10, 12))
-    _opcheck(torch.ops.fastssl.contrastive_bwd.default,
+    _opcheck(torch.ops.ssl_kernels.contrastive_bwd.default,
              (u, None, torch.randn(10) + 3, torch.ones(10), torch.tensor(1.3), 0.2, 0, False))
 
 
@@ -121,7 +121,7 @@ def test_opcheck_dare(interpret, explicit_eps):
     gen = torch.Generator().manual_seed(0)
     x = [torch.randn(4, 9, generator=gen, requires_grad=True) for _ in range(4)]
     eps = [torch.randn(4, 9, generator=gen) for _ in range(2)] if explicit_eps else [None, None]
-    _opcheck(torch.ops.fastssl.reparam_jsd_fwd.default, (*x, *eps, torch.tensor(17)))
+    _opcheck(torch.ops.ssl_kernels.reparam_jsd_fwd.default, (*x, *eps, torch.tensor(17)))
 
 
 def test_torch_compile_fullgraph(interpret):
@@ -148,7 +148,7 @@ def test_torch_compile_fullgraph(interpret):
 
 def test_torch_compile_through_dispatch(interpret):
     """What the methods do: dispatch -> fused ops, seed drawn from torch's RNG inside the graph."""
-    from kernels import dispatch
+    from fastssl import dispatch
 
     def dare_loss(mu1, lv1, mu2, lv2):
         z1, z2, jsd = dispatch.reparam_jsd(mu1, lv1, mu2, lv2, backend="triton")

@@ -21,7 +21,7 @@ pytest.importorskip("triton")
 
 from fastssl import losses  # noqa: E402
 from kernels import contrastive as kc  # noqa: E402
-from kernels import dispatch  # noqa: E402
+from fastssl import dispatch  # noqa: E402
 
 NS = (2, 3, 17, 64, 130)
 DS = (8, 24, 128, 130)

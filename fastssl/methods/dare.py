@@ -9,7 +9,7 @@ pulls the two views' Gaussians together::
 L_con is the decoupled cross-view loss by default (``--dare-variant simclr`` for NT-Xent);
 JSD is ``fastssl.losses.gaussian_jsd``. Evaluation uses the backbone features h (or mu).
 """
-from kernels import dispatch
+from .. import dispatch
 
 from ..models import GaussianHead
 from .base import Method, register

@@ -2,7 +2,7 @@
 
     z_i = g(f(x_i)),  L = NT-Xent(z1, z2; tau)   (see ``fastssl.losses.ntxent_loss``)
 """
-from kernels import dispatch
+from .. import dispatch
 
 from ..models import mlp
 from .base import Method, register

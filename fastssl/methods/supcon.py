@@ -6,7 +6,7 @@ Every image with the anchor's label (both views) is a positive. Uses the labels.
 """
 import torch
 
-from kernels import dispatch
+from .. import dispatch
 
 from ..models import mlp
 from .base import Method, register

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from fastssl import distributed, losses
+from . import distributed, losses
 from kernels._triton_utils import check_runnable, interpreter_enabled, triton_importable
 
 BACKENDS = ("auto", "triton", "torch")
@@ -94,7 +94,9 @@ def _gathered_contrastive_loss(z1, z2, temperature, labels, variant, backend):
         check_runnable(z1, z2, labels)
         from kernels.contrastive import gathered_contrastive_loss
         return gathered_contrastive_loss(z1, z2, temperature, labels=labels, variant=variant,
-                                         allow_tf32=_tf32_allowed())
+                                         allow_tf32=_tf32_allowed(), rank=distributed.rank(),
+                                         world_size=distributed.world_size(),
+                                         all_gather=distributed.all_gather_nograd)
     # Reference: gradient-correct gather of both views, this rank's rows against all columns.
     n, world, rank = z1.shape[0], distributed.world_size(), distributed.rank()
     big1, big2 = distributed.all_gather_with_grad(z1), distributed.all_gather_with_grad(z2)
