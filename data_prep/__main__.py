@@ -1,5 +1,7 @@
 """``python -m data_prep``: load (and cache) a dataset, print a summary.
 
+``--dataset images --data DIR_OR_TAR [--resolution R] [--strict]`` converts your own images.
+
 The parser is built by :func:`build_parser` and the work done by :func:`prepare`, which returns
 the loaded Dataset; ``--formats all`` (or a list) also converts it into the FFCV .beton and DALI
 webdataset files (see data_prep/formats.py), idempotently, in the cache next to the arrays.
@@ -13,7 +15,9 @@ import sys
 from .cache import CACHE_ENV
 from .dataset import Dataset
 from .errors import DataError
-from .formats import DEFAULT_JPEG_QUALITY, FORMATS, ensure_formats
+from .formats import DEFAULT_JPEG_QUALITY, FORMATS, SPLITS, ensure_formats
+from .images import DEFAULT_RESOLUTION
+from .images import NAME as IMAGES
 from .load import DATA_ENV, load_dataset
 from .specs import DATASETS
 
@@ -23,16 +27,29 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m data_prep",
         description=(
             "Find CIFAR-10/100 (official archive, extracted folder, image-folder tree or tar, or a "
-            "folder containing them), validate it and cache canonical uint8 arrays."
+            "folder containing them), or read your own images (--dataset images), validate them "
+            "and cache canonical uint8 arrays."
         ),
     )
     parser.add_argument(
-        "--dataset", choices=sorted(DATASETS), default="cifar10",
-        help="dataset to prepare (default: %(default)s)",
+        "--dataset", choices=[*sorted(DATASETS), IMAGES], default="cifar10",
+        help="dataset to prepare (default: %(default)s); 'images': your own folder or tar archive "
+        "of images, given with --data",
     )
     parser.add_argument(
         "--data", metavar="PATH", default=None,
-        help=f"where the data is (default: ${DATA_ENV}, else the newest cache, else download)",
+        help=f"where the data is (default: ${DATA_ENV}, else the newest cache, else download); "
+        "for --dataset images: your folder or tar archive of images (required)",
+    )
+    parser.add_argument(
+        "--resolution", metavar="PX", type=_resolution, default=DEFAULT_RESOLUTION,
+        help="--dataset images: resize the shorter side to PX and centre-crop to PX x PX "
+        "(CIFAR is always 32; default: %(default)s)",
+    )
+    parser.add_argument(
+        "--strict", action="store_true",
+        help="--dataset images: stop with an error naming image files that cannot be decoded "
+        "(default: skip them with a warning)",
     )
     parser.add_argument(
         "--cache-dir", metavar="DIR", default=None,
@@ -57,6 +74,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _resolution(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 4096:
+        raise argparse.ArgumentTypeError(f"must be a whole number of pixels in 1..4096, got {text!r}")
+    return value
+
+
 def prepare(args: argparse.Namespace) -> Dataset:
     """Load (reading and caching on first use) the dataset the arguments describe."""
     return load_dataset(
@@ -65,13 +92,16 @@ def prepare(args: argparse.Namespace) -> Dataset:
         cache_dir=args.cache_dir,
         download=not args.no_download,
         verbose=not args.quiet,
+        resolution=args.resolution,
+        strict=args.strict,
     )
 
 
 def convert(ds: Dataset, args: argparse.Namespace) -> dict:
     """Write (or find up to date) every format asked for by ``--formats``, both splits."""
-    return ensure_formats(ds, args.formats, cache_dir=args.cache_dir, jpeg_quality=args.jpeg_quality,
-                          verbose=not args.quiet)
+    splits = SPLITS if ds.labeled else ("train",)  # unlabelled images have no test split
+    return ensure_formats(ds, args.formats, splits=splits, cache_dir=args.cache_dir,
+                          jpeg_quality=args.jpeg_quality, verbose=not args.quiet)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         paths = convert(ds, args) if args.formats else {}
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return 2
     print(ds.summary())
     for (fmt, split), path in paths.items():
         print(f"  {fmt + ' ' + split + ':':16s} {path}")

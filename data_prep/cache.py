@@ -5,9 +5,11 @@ Layout::
     <cache dir>/                  --cache-dir, else $FASTSSL_CACHE, else ~/.cache/fastssl
         cifar10/<key>.npz         key = sha256("v1|cifar10|<fingerprint>")[:20]
         cifar100/<key>.npz
+        images/<key>.npz          your own images: key of "<fingerprint>|r<resolution>"
         downloads/cifar-10-python.tar.gz    official archives fetched by download.py
 
-Each .npz holds train_x, train_y, test_x, test_y, classes, name, source, fingerprint, mean, std.
+Each .npz holds train_x, train_y, test_x, test_y, classes, name, source, fingerprint, mean, std,
+labeled and skipped (files left out as broken; the last two are absent from older CIFAR caches).
 It is written to a temporary file in the same folder and renamed into place (``os.replace``), so
 a reader never sees a half-written file. A file that fails to load or validate is reported,
 deleted and rebuilt. Nothing is ever written next to the data source.
@@ -26,7 +28,6 @@ import numpy as np
 
 from .dataset import Dataset
 from .errors import DataError
-from .specs import DatasetSpec
 
 CACHE_VERSION = 1
 CACHE_ENV = "FASTSSL_CACHE"
@@ -45,21 +46,30 @@ def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
     return Path(cache_dir).expanduser()
 
 
-def cache_file(root: Path, spec: DatasetSpec, source_fingerprint: str) -> Path:
-    key = hashlib.sha256(f"v{CACHE_VERSION}|{spec.name}|{source_fingerprint}".encode())
-    return root / spec.name / f"{key.hexdigest()[:20]}.npz"
+def cache_file(root: Path, name: str, source_fingerprint: str) -> Path:
+    """Cache file of dataset ``name`` read from the source with this fingerprint (which also
+    carries any conversion parameter, e.g. the resolution of your own images)."""
+    key = hashlib.sha256(f"v{CACHE_VERSION}|{name}|{source_fingerprint}".encode())
+    return root / name / f"{key.hexdigest()[:20]}.npz"
 
 
-def load_cached(path: Path, spec: DatasetSpec, verbose: bool = True) -> Dataset | None:
-    """The Dataset stored at ``path``; None if absent, or if corrupt (then the file is removed)."""
+def load_cached(
+    path: Path, name: str, num_classes: int | None = None, resolution: int | None = None,
+    verbose: bool = True,
+) -> Dataset | None:
+    """The Dataset stored at ``path``; None if absent, or if corrupt (then the file is removed).
+
+    It must be dataset ``name`` and validate with ``num_classes`` classes (None: any) and
+    ``resolution`` x ``resolution`` images (None: any).
+    """
     if not path.is_file():
         return None
     try:
         with np.load(path, allow_pickle=False) as z:
-            if int(z["version"]) != CACHE_VERSION or str(z["name"]) != spec.name:
+            if int(z["version"]) != CACHE_VERSION or str(z["name"]) != name:
                 raise ValueError("written for another dataset or format version")
             ds = Dataset(
-                name=spec.name,
+                name=name,
                 train_x=z["train_x"],
                 train_y=z["train_y"],
                 test_x=z["test_x"],
@@ -67,9 +77,11 @@ def load_cached(path: Path, spec: DatasetSpec, verbose: bool = True) -> Dataset 
                 classes=[str(c) for c in z["classes"]],
                 source=str(z["source"]),
                 cache_path=path,
+                labeled=bool(z["labeled"]) if "labeled" in z.files else True,
+                skipped=[str(n) for n in z["skipped"]] if "skipped" in z.files else [],
             )
             stats = tuple(map(float, z["mean"])), tuple(map(float, z["std"]))
-        ds.validate(spec.num_classes)
+        ds.validate(num_classes, resolution)
     except (OSError, EOFError, ValueError, KeyError, TypeError, zipfile.BadZipFile, DataError) as exc:
         note(f"ignoring unreadable cache file {path} ({type(exc).__name__}: {exc}); rebuilding", True)
         try:
@@ -81,9 +93,9 @@ def load_cached(path: Path, spec: DatasetSpec, verbose: bool = True) -> Dataset 
     return ds
 
 
-def newest_cached(root: Path, spec: DatasetSpec, verbose: bool = True) -> Dataset | None:
-    """The most recently written valid cache of ``spec`` in ``root``, or None."""
-    folder = root / spec.name
+def newest_cached(root: Path, name: str, num_classes: int, verbose: bool = True) -> Dataset | None:
+    """The most recently written valid cache of dataset ``name`` in ``root``, or None."""
+    folder = root / name
     if not folder.is_dir():
         return None
     def mtime(p: Path) -> int:
@@ -94,7 +106,7 @@ def newest_cached(root: Path, spec: DatasetSpec, verbose: bool = True) -> Datase
 
     files = sorted(folder.glob("*.npz"), key=mtime, reverse=True)
     for path in files:
-        ds = load_cached(path, spec, verbose)
+        ds = load_cached(path, name, num_classes, verbose=verbose)
         if ds is not None:
             return ds
     return None
@@ -126,6 +138,8 @@ def save_cached(path: Path, ds: Dataset, fingerprint: str, verbose: bool = True)
                 test_y=ds.test_y,
                 mean=np.array(ds.mean, dtype=np.float64),
                 std=np.array(ds.std, dtype=np.float64),
+                labeled=np.bool_(ds.labeled),
+                skipped=np.array(ds.skipped, dtype=np.str_),
             )
             f.flush()
             os.fsync(f.fileno())

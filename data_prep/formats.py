@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from .cache import cache_root, note
-from .dataset import IMAGE_SHAPE, Dataset
+from .dataset import Dataset
 from .errors import DataError
 
 FORMATS = ("ffcv-raw", "ffcv-jpg", "dali")
@@ -77,17 +77,19 @@ def require(module: str, what: str):
 # --------------------------------------------------------------------------------------------
 
 def check_arrays(images: np.ndarray, labels: np.ndarray, what: str = "arrays") -> None:
-    """Raise DataError unless ``images`` is uint8 (N, 32, 32, 3) and ``labels`` int (N,) >= 0."""
-    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.shape[1:] != IMAGE_SHAPE:
-        shape = getattr(images, "shape", None)
-        raise DataError(f"{what}: images must be uint8 (N, 32, 32, 3), got {getattr(images, 'dtype', type(images))} {shape}")
+    """Raise DataError unless ``images`` is uint8 (N, R, R, 3) (R = 32 for CIFAR, any for your
+    own images) and ``labels`` int (N,) >= -1 (-1: unlabelled)."""
+    shape = getattr(images, "shape", ())
+    if (not isinstance(images, np.ndarray) or images.dtype != np.uint8 or len(shape) != 4
+            or shape[1] != shape[2] or shape[3] != 3):
+        raise DataError(f"{what}: images must be uint8 (N, R, R, 3), got {getattr(images, 'dtype', type(images))} {shape or None}")
     if (not isinstance(labels, np.ndarray) or labels.dtype.kind not in "iu"
             or labels.shape != (len(images),)):
         raise DataError(f"{what}: labels must be integers of shape ({len(images)},)")
     if len(images) == 0:
         raise DataError(f"{what}: no images")
-    if labels.min() < 0 or labels.max() >= 2**31:
-        raise DataError(f"{what}: labels must lie in [0, 2**31)")
+    if labels.min() < -1 or labels.max() >= 2**31:
+        raise DataError(f"{what}: labels must lie in [-1, 2**31) (-1: unlabelled)")
 
 
 def dataset_digest(ds: Dataset) -> str:
@@ -300,7 +302,8 @@ def ensure_formats(ds: Dataset, formats: str | Sequence[str] = "all", splits: Se
     """Convert ``ds`` into each of ``formats`` for each of ``splits`` unless already done.
 
     Returns {(format, split): path} with the ``.beton`` or the ``.tar`` path (the DALI index is
-    ``path.with_suffix('.idx.npz')``). Raises DataError for bad arrays or an unwritable cache,
+    ``path.with_suffix('.idx.npz')``). An unlabelled dataset (your own images) has no test split:
+    asking for it is an error. Raises DataError for bad arrays or an unwritable cache,
     MissingPackage when an FFCV format is asked for without ffcv installed.
     """
     formats = parse_formats(formats)
@@ -309,6 +312,8 @@ def ensure_formats(ds: Dataset, formats: str | Sequence[str] = "all", splits: Se
         raise DataError(f"unknown split(s) {', '.join(bad)}; choose from {', '.join(SPLITS)}")
     if not 1 <= int(jpeg_quality) <= 100:
         raise DataError(f"JPEG quality must be in 1..100, got {jpeg_quality}")
+    if not getattr(ds, "labeled", True) and "test" in splits:
+        raise DataError(f"{ds.source} is unlabelled and has no test split: convert the train split only")
     arrays = {s: (getattr(ds, f"{s}_x"), getattr(ds, f"{s}_y")) for s in splits}
     for s, (x, y) in arrays.items():
         check_arrays(x, y, f"{ds.name} {s} split ({ds.source})")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from . import cache, readers, sources
+from . import cache, images, readers, sources
 from . import download as _download
 from .dataset import Dataset
 from .errors import DataError, SourceNotFound, reading
@@ -20,8 +20,17 @@ def load_dataset(
     cache_dir: str | os.PathLike[str] | None = None,
     download: bool = True,
     verbose: bool = True,
+    resolution: int = images.DEFAULT_RESOLUTION,
+    strict: bool = False,
 ) -> Dataset:
-    """Load CIFAR-10/100 as canonical arrays (see :class:`Dataset`).
+    """Load CIFAR-10/100, or your own images, as canonical arrays (see :class:`Dataset`).
+
+    ``name="images"``: ``data`` is a folder or tar archive of images of any size and format
+    (see data_prep/images.py), resized (shorter side) and centre-cropped to ``resolution`` px;
+    unlabelled (``labeled=False``) unless it has class sub-folders. Files that cannot be decoded
+    are skipped with a warning line, or raise a DataError when ``strict``. Cached like CIFAR,
+    keyed by the source's fingerprint and the resolution. CIFAR is always 32x32 (``resolution``
+    must be 32; ``strict`` changes nothing: a broken CIFAR source is always an error).
 
     Where the data comes from, first match wins:
 
@@ -38,7 +47,16 @@ def load_dataset(
     later loads take about a second. Every problem raises :class:`DataError` with a one-line
     message. ``verbose`` prints progress bars and notes to stderr.
     """
+    if isinstance(resolution, bool) or not isinstance(resolution, int) or not 1 <= resolution <= 4096:
+        raise DataError(f"resolution must be a whole number of pixels in 1..4096, got {resolution!r}")
+    if name == images.NAME:
+        if data is None:
+            raise DataError("--dataset images needs --data PATH (a folder or tar archive of images)")
+        root = cache.cache_root(cache_dir)
+        return _load_images(Path(data).expanduser(), root, resolution, strict, verbose)
     spec = get_spec(name)
+    if resolution != 32:
+        raise DataError(f"{spec.name} images are 32x32; --resolution {resolution} applies to --dataset images only")
     root = cache.cache_root(cache_dir)
     if data is not None:
         path = Path(data).expanduser()
@@ -58,7 +76,7 @@ def load_dataset(
         else:
             return _load_path(source, spec, root, verbose)
 
-    cached = cache.newest_cached(root, spec, verbose)
+    cached = cache.newest_cached(root, spec.name, spec.num_classes, verbose)
     if cached is not None:
         cache.note(f"using cached {spec.name} from {cached.cache_path} ({cached.source})", verbose)
         return cached
@@ -86,12 +104,32 @@ def _load_path(source: Path, spec: DatasetSpec, root: Path, verbose: bool) -> Da
     """Load a concrete source through the cache."""
     with reading(source, "source"):
         fingerprint = sources.fingerprint(source)
-    path = cache.cache_file(root, spec, fingerprint)
-    ds = cache.load_cached(path, spec, verbose)
+    path = cache.cache_file(root, spec.name, fingerprint)
+    ds = cache.load_cached(path, spec.name, spec.num_classes, verbose=verbose)
     if ds is not None:
         cache.note(f"using cached {spec.name} from {path}", verbose)
         return ds
     cache.note(f"reading {spec.name} from {source} (once; later loads use the cache)", verbose)
     ds = readers.read_source(source, spec, verbose=verbose)
+    cache.save_cached(path, ds, fingerprint, verbose)
+    return ds
+
+
+def _load_images(source: Path, root: Path, resolution: int, strict: bool, verbose: bool) -> Dataset:
+    """Your own images through the cache; broken files are reported on every load."""
+    if not source.exists():
+        raise DataError(f"no such file or directory: {source}")
+    with reading(source, "source"):
+        fingerprint = sources.fingerprint(source)
+    path = cache.cache_file(root, images.NAME, f"{fingerprint}|r{resolution}")
+    ds = cache.load_cached(path, images.NAME, resolution=resolution, verbose=verbose)
+    if ds is not None:
+        total = len(ds.train_x) + len(ds.test_x) + len(ds.skipped)
+        images.report_broken(ds.source, ds.skipped, total, strict)
+        cache.note(f"using cached images from {path}", verbose)
+        return ds
+    # Read completely (and, under strict, checked) before anything is written: a failure or an
+    # interrupt leaves no cache file; save_cached itself writes atomically.
+    ds = images.read_images(source, resolution, strict, verbose)
     cache.save_cached(path, ds, fingerprint, verbose)
     return ds

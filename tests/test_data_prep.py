@@ -518,7 +518,7 @@ def test_cli(tmp_path, small_specs, capsys):
     out = capsys.readouterr().out
     assert "cifar100: 30 train / 7 test images, 100 classes" in out and str(tmp_path / "c") in out
 
-    assert cli.main(["--data", str(tmp_path / "nope"), "--cache-dir", str(tmp_path / "c")]) == 1
+    assert cli.main(["--data", str(tmp_path / "nope"), "--cache-dir", str(tmp_path / "c")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: no such file or directory") and err.count("\n") == 1
 

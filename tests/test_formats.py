@@ -132,14 +132,14 @@ def test_cli_converts_and_reports_errors(tmp_path, tiny_folder, capsys):
     assert "dali train:" in out and "dali test:" in out
     assert list(cache.glob("cifar10/formats-*/dali-train.tar")) and not list(tiny_folder.rglob("*.tar"))
     assert main(["--data", str(tiny_folder), "--cache-dir", str(cache), "--formats", "dali", "-q"]) == 0  # no-op
-    assert main(["--data", str(tmp_path / "nowhere"), "--cache-dir", str(cache), "--formats", "all", "-q"]) == 1
+    assert main(["--data", str(tmp_path / "nowhere"), "--cache-dir", str(cache), "--formats", "all", "-q"]) == 2
     assert "nowhere" in capsys.readouterr().err
     corrupt = tmp_path / "cifar-10-python.tar.gz"
     corrupt.write_bytes(b"\x1f\x8b\x08\x00garbage")
-    assert main(["--data", str(corrupt), "--cache-dir", str(cache), "--formats", "all", "-q"]) == 1
+    assert main(["--data", str(corrupt), "--cache-dir", str(cache), "--formats", "all", "-q"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and err.count("\n") == 1
-    assert main(["--data", str(tiny_folder), "--cache-dir", str(cache), "--formats", "nope", "-q"]) == 1
+    assert main(["--data", str(tiny_folder), "--cache-dir", str(cache), "--formats", "nope", "-q"]) == 2
     assert "unknown format" in capsys.readouterr().err
 
 
