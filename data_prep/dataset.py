@@ -109,11 +109,13 @@ class Dataset:
             f"{self.name}: {len(self.train_x)} train / {len(self.test_x)} test images, {kind}, "
             f"{self.resolution}x{self.resolution}",
             f"  source:  {self.source}",
-            f"  classes: {shown}",
+            f"  classes: {shown if self.labeled else '(none: unlabelled)'}",
             f"  train mean (0-255): {fmt(self.mean)}",
             f"  train std  (0-255): {fmt(self.std)}",
             f"  cache:   {self.cache_path if self.cache_path else '(not cached)'}",
         ]
+        if self.skipped:
+            lines.append(f"  skipped: {len(self.skipped)} broken image files")
         return "\n".join(lines)
 
 

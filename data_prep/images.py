@@ -251,23 +251,25 @@ def test_mask(class_name: str, n: int) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- broken files
 
-def broken_message(broken: list[str], total: int, reason: str = "") -> str:
-    """"3 of 120 image files could not be decoded: a.jpg (why), b.png, c.gif"."""
-    shown = ", ".join(broken[:SHOWN]) + (f", ... (+{len(broken) - SHOWN} more)" if len(broken) > SHOWN else "")
+def broken_list(broken: list[str], reason: str = "") -> str:
+    """"a.jpg (why), b.png, c.gif, ... (+7 more)": the first SHOWN names, the first one's reason."""
+    shown = list(broken[:SHOWN])
     if reason and shown:
-        first = broken[0]
-        shown = f"{first} ({reason})" + shown[len(first):]
-    return f"{len(broken)} of {total} image files could not be decoded: {shown}"
+        shown[0] += f" ({reason})"
+    more = f", ... (+{len(broken) - SHOWN} more)" if len(broken) > SHOWN else ""
+    return ", ".join(shown) + more
 
 
 def report_broken(source: str, broken: list[str], total: int, strict: bool, reason: str = "") -> None:
     """DataError under ``strict``; otherwise one warning line on stderr (always printed)."""
     if not broken:
         return
-    message = broken_message(broken, total, reason)
+    names = broken_list(broken, reason)
     if strict:
-        raise DataError(f"{source}: {message}; fix or remove them, or leave out --strict to skip them")
-    print(f"data_prep: warning: {source}: skipped {message}", file=sys.stderr, flush=True)
+        raise DataError(f"{source}: {len(broken)} of {total} image files could not be decoded: {names}; "
+                        "fix or remove them, or leave out --strict to skip them")
+    print(f"data_prep: warning: {source}: skipped {len(broken)} of {total} image files that could not "
+          f"be decoded: {names}", file=sys.stderr, flush=True)
 
 
 # ----------------------------------------------------------------------------- the reader
@@ -305,7 +307,8 @@ def read_images(
     del results
     total = len(names) + len(broken)
     if not names:
-        raise DataError(f"{source}: no image could be decoded ({broken_message([b[0] for b in broken], total, broken[0][1])})")
+        raise DataError(f"{source}: none of the {total} image files could be decoded: "
+                        f"{broken_list([b[0] for b in broken], broken[0][1])}")
     report_broken(source, [b[0] for b in broken], total, strict, broken[0][1] if broken else "")
 
     order = sorted(range(len(names)), key=names.__getitem__)  # a tar lists files in any order
