@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import tarfile
 from pathlib import Path
 from typing import BinaryIO
@@ -48,7 +49,7 @@ def read_tar_files(path: Path, verbose: bool = True) -> dict[str, bytes]:
         size = path.stat().st_size
         with open(path, "rb") as raw, tqdm(
             total=size, unit="B", unit_scale=True, desc=f"reading {path.name}",
-            disable=not verbose, leave=False,
+            disable=not (verbose and sys.stderr.isatty()), leave=False,  # no bars in logs
         ) as bar:
             with tarfile.open(fileobj=_ProgressReader(raw, bar), mode="r|*") as tar:  # type: ignore[call-overload]
                 for member in tar:

@@ -29,7 +29,6 @@ import hashlib
 import io
 import json
 import os
-import sys
 import tarfile
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -254,14 +253,16 @@ def write_dali_tar(tar_path: Path, index_path: Path, images: np.ndarray, labels:
     The tar is a plain ustar file, byte-for-byte reproducible (fixed mtimes and owners); DALI's
     ``fn.readers.webdataset`` and the webdataset library read it as is.
     """
-    from tqdm import tqdm
+    from .progress import Progress
 
     check_arrays(images, labels, str(tar_path))
     n = len(images)
     offsets, sizes = np.zeros(n, np.int64), np.zeros(n, np.int64)
     with _atomic_path(tar_path) as tmp_tar, _atomic_path(index_path) as tmp_idx:
-        with open(tmp_tar, "wb") as raw, tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-            for i in tqdm(range(n), desc=f"{tar_path.name}", unit="img", disable=not verbose, file=sys.stderr):
+        with open(tmp_tar, "wb") as raw, tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tar, \
+                Progress(n, tar_path.name, verbose) as progress:
+            for i in range(n):
+                progress.update()
                 data = encode_jpeg(images[i], jpeg_quality)
                 info = _member(f"{i:06d}.jpg", len(data))
                 offsets[i] = tar.offset + len(info.tobuf(tarfile.USTAR_FORMAT, tar.encoding, tar.errors))

@@ -14,10 +14,10 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from .dataset import Dataset
 from .errors import DataError
+from .progress import Progress
 from .specs import DatasetSpec
 
 SPLITS = ("train", "test")
@@ -117,7 +117,7 @@ def _decode_split(
     x = np.empty((total, 32, 32, 3), dtype=np.uint8)
     y = np.empty(total, dtype=np.int64)
     i = 0
-    with tqdm(total=total, desc=desc, unit="img", disable=not verbose, leave=False) as bar:
+    with Progress(total, desc, verbose) as bar:
         for label, cls in enumerate(order):
             for name, item in classes[cls]:
                 x[i] = _decode(item, f"{where}: {name}")

@@ -12,7 +12,8 @@ as ``photos.tar`` -> ``photos/``):
 * every image inside a sub-folder and at least two sub-folders: labelled, the sub-folder is the
   class; ``TEST_FRACTION`` (20%) of each class, chosen by a fixed seed from the class name, is
   the test split (a class of one image stays in train);
-* anything else: unlabelled, every image below the folder in name order (labels -1, no test).
+* anything else (images at the top, or train/ and test/ without class folders): unlabelled,
+  every image below the folder in name order (labels -1, no test split).
 
 Image files are found by name (IMAGE_SUFFIXES); hidden files and folders and other files are
 ignored. A file that cannot be decoded is skipped and reported (a DataError with ``strict``).
@@ -233,12 +234,12 @@ def layout(names: list[str]) -> tuple[str, list[list[str]]]:
     tops = {p[0] for p in parts}
     if tops == set(SPLITS) and all(len(p) >= 3 for p in parts):
         return "splits", parts
-    if len(tops) >= 2 and all(len(p) >= 2 for p in parts):
+    if len(tops) >= 2 and all(len(p) >= 2 for p in parts) and not tops <= set(SPLITS):
         return "classes", parts
     return "flat", parts
 
 
-def test_mask(class_name: str, n: int) -> np.ndarray:
+def split_mask(class_name: str, n: int) -> np.ndarray:
     """Which of a class's ``n`` images (in name order) are test images: TEST_FRACTION of them,
     at least one when n >= 2, chosen by a seed derived from the class name only (so adding or
     removing another class changes nothing here)."""
@@ -297,7 +298,7 @@ def read_images(
         raise DataError(f"{source}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
 
     note(f"decoding {source} at {resolution}x{resolution} (once; later loads use the cache)", verbose)
-    with Progress(total or 0, f"decoding {path.name}", verbose) as progress:
+    with Progress(total, f"decoding {path.name}", verbose) as progress:  # tar: count unknown
         results = decode_all(items, resolution, progress, workers)
     names = [n for _, ok, _ in results for n in ok]
     broken = sorted((b for _, _, bad in results for b in bad))
@@ -332,7 +333,7 @@ def read_images(
             is_test = np.zeros(len(names), dtype=bool)
             for c in classes:
                 rows = np.flatnonzero(y == label[c])
-                is_test[rows] = test_mask(c, len(rows))
+                is_test[rows] = split_mask(c, len(rows))
         if not is_test.any() or is_test.all():
             what = "test" if not is_test.any() else "train"
             raise DataError(f"{source}: the {what} split has no images (a class needs at least 2 images "

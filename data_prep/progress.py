@@ -15,7 +15,7 @@ from tqdm import tqdm
 class Progress:
     """``with Progress(total, "decoding images", verbose) as p: p.update(n)``."""
 
-    def __init__(self, total: int, desc: str, verbose: bool = True, unit: str = "img",
+    def __init__(self, total: int | None, desc: str, verbose: bool = True, unit: str = "img",
                  every_s: float = 10.0) -> None:
         self.total, self.desc, self.unit, self.every_s = total, desc, unit, every_s
         self.verbose = verbose
@@ -34,9 +34,9 @@ class Progress:
 
     def _line(self) -> None:
         self._last = time.monotonic()
-        pct = f" ({100 * self.done / self.total:.0f}%)" if self.total else ""
+        of = f"/{self.total} {self.unit} ({100 * self.done / self.total:.0f}%)" if self.total else f" {self.unit}"
         rate = self.done / max(self._last - self._start, 1e-9)
-        print(f"data_prep: {self.desc}: {self.done}/{self.total} {self.unit}{pct}, {rate:.0f} {self.unit}/s",
+        print(f"data_prep: {self.desc}: {self.done}{of}, {rate:.0f} {self.unit}/s",
               file=sys.stderr, flush=True)
 
     def close(self) -> None:

@@ -147,6 +147,14 @@ def Image_bytes(img: np.ndarray, fmt: str, **kw) -> bytes:
     return buf.getvalue()
 
 
+def test_large_jpeg_draft_matches_full_decode(flat):
+    # The reduced-scale JPEG decode (draft) must look like decoding in full, then resizing.
+    with Image.open(flat / "h_big.jpeg") as im:
+        full = im.convert("RGB").crop((100, 0, 500, 400)).resize((32, 32), Image.Resampling.LANCZOS)
+    fast = images.decode_image(flat / "h_big.jpeg", 32)
+    assert np.abs(fast.astype(int) - np.asarray(full, dtype=int)).mean() < 2.0
+
+
 def test_exif_orientation_is_applied():
     img = np.zeros((40, 40, 3), np.uint8)
     img[:20, :20] = 255  # white top-left quarter
@@ -282,8 +290,8 @@ def test_labelled_class_folders_split_80_20(tmp_path):
     # Deterministic: a fresh read gives the same split; another class leaves this one alone.
     again = load_dataset("images", root, cache_dir=tmp_path / "c2", verbose=False)
     np.testing.assert_array_equal(again.test_x, ds.test_x)
-    mask = images.test_mask("cat", 10)
-    assert mask.sum() == 2 and (images.test_mask("cat", 10) == mask).all()
+    mask = images.split_mask("cat", 10)
+    assert mask.sum() == 2 and (images.split_mask("cat", 10) == mask).all()
     labelled_folder(tmp_path / "more", {**counts, "fox": 4})
     more = load_dataset("images", tmp_path / "more", cache_dir=tmp_path / "c3", verbose=False)
     np.testing.assert_array_equal(more.test_x[more.test_y == 0], ds.test_x[ds.test_y == 0])
@@ -308,7 +316,8 @@ def test_layout_rules():
     assert images.layout(["x/a.png", "y/b.png"])[0] == "classes"
     assert images.layout(["top/x/a.png", "top/y/b.png"])[0] == "classes"  # wrapper unwrapped
     assert images.layout(["train/x/a.png", "test/x/b.png"])[0] == "splits"
-    assert images.layout(["train/a.png", "test/b.png"])[0] == "classes"  # no class folders below
+    assert images.layout(["train/a.png", "test/b.png"])[0] == "flat"  # no class folders below
+    assert images.layout(["top/train/a/x.png", "top/test/a/y.png"])[0] == "splits"
 
 
 # ----------------------------------------------------------------------------- process pool
@@ -320,6 +329,18 @@ def test_process_pool_gives_the_same_result(flat, monkeypatch):
     pooled = images.read_images(flat, 24, verbose=False, workers=2)
     np.testing.assert_array_equal(pooled.train_x, inline.train_x)
     assert pooled.skipped == inline.skipped == ["broken.jpg"]
+
+
+def test_progress_is_plain_lines_off_a_terminal(capsys):
+    from data_prep.progress import Progress
+
+    with Progress(10, "decoding x", verbose=True, every_s=0) as p:
+        p.update(5)
+    err = capsys.readouterr().err
+    assert "decoding x: 5/10 img (50%)" in err and "\r" not in err and err.count("\n") == 2
+    with Progress(None, "quiet", verbose=False, every_s=0) as p:
+        p.update(3)
+    assert capsys.readouterr().err == ""
 
 
 # ----------------------------------------------------------------------------- Dataset, stats
