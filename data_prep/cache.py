@@ -93,7 +93,9 @@ def load_cached(
     return ds
 
 
-def newest_cached(root: Path, name: str, num_classes: int, verbose: bool = True) -> Dataset | None:
+def newest_cached(
+    root: Path, name: str, num_classes: int, resolution: int | None = None, verbose: bool = True
+) -> Dataset | None:
     """The most recently written valid cache of dataset ``name`` in ``root``, or None."""
     folder = root / name
     if not folder.is_dir():
@@ -106,7 +108,7 @@ def newest_cached(root: Path, name: str, num_classes: int, verbose: bool = True)
 
     files = sorted(folder.glob("*.npz"), key=mtime, reverse=True)
     for path in files:
-        ds = load_cached(path, name, num_classes, verbose=verbose)
+        ds = load_cached(path, name, num_classes, resolution, verbose=verbose)
         if ds is not None:
             return ds
     return None

@@ -76,7 +76,7 @@ def load_dataset(
         else:
             return _load_path(source, spec, root, verbose)
 
-    cached = cache.newest_cached(root, spec.name, spec.num_classes, verbose)
+    cached = cache.newest_cached(root, spec.name, spec.num_classes, 32, verbose)
     if cached is not None:
         cache.note(f"using cached {spec.name} from {cached.cache_path} ({cached.source})", verbose)
         return cached
@@ -105,7 +105,7 @@ def _load_path(source: Path, spec: DatasetSpec, root: Path, verbose: bool) -> Da
     with reading(source, "source"):
         fingerprint = sources.fingerprint(source)
     path = cache.cache_file(root, spec.name, fingerprint)
-    ds = cache.load_cached(path, spec.name, spec.num_classes, verbose=verbose)
+    ds = cache.load_cached(path, spec.name, spec.num_classes, 32, verbose=verbose)
     if ds is not None:
         cache.note(f"using cached {spec.name} from {path}", verbose)
         return ds

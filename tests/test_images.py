@@ -322,13 +322,17 @@ def test_layout_rules():
 
 # ----------------------------------------------------------------------------- process pool
 
-def test_process_pool_gives_the_same_result(flat, monkeypatch):
+def test_process_pool_gives_the_same_result(flat, tmp_path, monkeypatch):
     inline = images.read_images(flat, 24, verbose=False, workers=1)
     monkeypatch.setattr(images, "CHUNK", 2)
     monkeypatch.setattr(images, "POOL_MIN_IMAGES", 2)  # 2 here, the other 8 files in the pool
     pooled = images.read_images(flat, 24, verbose=False, workers=2)
     np.testing.assert_array_equal(pooled.train_x, inline.train_x)
     assert pooled.skipped == inline.skipped == ["broken.jpg"]
+    # From a tar the pool gets the files' bytes, in archive order; the result is sorted the same.
+    tar = images.read_images(write_tar(flat, tmp_path / "p.tar"), 24, verbose=False, workers=2)
+    np.testing.assert_array_equal(tar.train_x, inline.train_x)
+    assert tar.skipped == ["broken.jpg"]
 
 
 def test_progress_is_plain_lines_off_a_terminal(capsys):
