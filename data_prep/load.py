@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import os
 from pathlib import Path
 
@@ -47,8 +48,9 @@ def load_dataset(
     later loads take about a second. Every problem raises :class:`DataError` with a one-line
     message. ``verbose`` prints progress bars and notes to stderr.
     """
-    if isinstance(resolution, bool) or not isinstance(resolution, int) or not 1 <= resolution <= 4096:
+    if isinstance(resolution, bool) or not isinstance(resolution, numbers.Integral) or not 1 <= resolution <= 4096:
         raise DataError(f"resolution must be a whole number of pixels in 1..4096, got {resolution!r}")
+    resolution = int(resolution)
     if name == images.NAME:
         if data is None:
             raise DataError("--dataset images needs --data PATH (a folder or tar archive of images)")
