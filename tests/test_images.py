@@ -120,6 +120,15 @@ def test_modes_become_rgb(flat):
     palette = images.decode_image(flat / "e_palette.gif", 64)  # no resize at 64: exact
     with Image.open(flat / "e_palette.gif") as im:
         np.testing.assert_array_equal(palette, np.asarray(im.convert("RGB")))
+    frames = [Image.new("RGB", (30, 30), (255, 0, 0)), Image.new("RGB", (30, 30), (0, 0, 255))]
+    gif = io.BytesIO()
+    frames[0].save(gif, format="GIF", save_all=True, append_images=frames[1:])
+    assert (images.decode_image(gif.getvalue(), 16) == (255, 0, 0)).all()  # the first frame
+    cmyk = Image_bytes(np.full((20, 30, 3), (200, 100, 50), np.uint8), "PNG")
+    with Image.open(io.BytesIO(cmyk)) as im:
+        cmyk = io.BytesIO()
+        im.convert("CMYK").save(cmyk, format="JPEG", quality=95)
+    assert np.abs(images.decode_image(cmyk.getvalue(), 8).astype(int) - (200, 100, 50)).max() <= 3
     sixteen = io.BytesIO()
     Image.fromarray(np.full((10, 10), 65535 // 2, np.uint16)).save(sixteen, format="PNG")
     assert abs(int(images.decode_image(sixteen.getvalue(), 8)[0, 0, 0]) - 127) <= 1
