@@ -16,6 +16,12 @@ One view (``augment_view``) applies, in this fixed order (the BYOL/SimCLR order,
 4. Gaussian blur with probability ``blur_p`` (sigma ~ U[0.1, 2.0]);
 5. solarisation with probability ``solarize_p``.
 
+Multi-crop (``TwoViewAugment(local_crops=K)``): besides the two global views, K local crops of
+``local_size`` px per image, drawn for the whole batch at once (``augment_view(crops=K)``: one
+``grid_sample`` for all K * B crops, then the colour ops on the K * B crops as one batch). Global
+views are rendered at ``size`` px (None: the input's side); changing it (progressive resolution,
+``replace(size=px)``) changes no random parameter, only the rendering.
+
 Values are floats in [0, 1] throughout (uint8 -> float happens once per batch) and are clamped
 to [0, 1] after every colour op; normalisation with the dataset mean/std happens at the end.
 """

@@ -259,8 +259,11 @@ def test_set_global_size_takes_effect_at_the_next_batch(key, small, cache):
 def test_multicrop_shards_are_rows_of_the_global_batch(key, small, cache):
     name, opts = spec(key)
     aug = multicrop(small, k=2)
-    make = lambda rank, world: make_loader(name, small, np.arange(96), 32, aug, "cpu", seed=4, cache_dir=cache,  # noqa: E731
-                                           verbose=False, rank=rank, world=world, **opts)
+
+    def make(rank, world):
+        return make_loader(name, small, np.arange(96), 32, aug, "cpu", seed=4, cache_dir=cache, verbose=False,
+                           rank=rank, world=world, **opts)
+
     single, shards = run_epoch(make(0, 1), 0), [run_epoch(make(r, 2), 0) for r in range(2)]
     assert len(single) == 3
     for step, (views, y) in enumerate(single):
@@ -284,8 +287,8 @@ def test_loaders_without_multicrop_refuse_clearly(key, what, small, cache):
 def test_build_loader_reads_the_multicrop_config(small):
     base = dict(loader="resident", batch_size=32, seed=0, progress=False)
     aug = TwoViewAugment(*policy_pair("default"), small.mean, small.std)
-    views, _ = first_batch(build_loader(SimpleNamespace(**base), small, None, aug, "cpu"))  # fields absent: no local crops
-    assert len(views) == 2
+    views, _ = first_batch(build_loader(SimpleNamespace(**base), small, None, aug, "cpu"))
+    assert len(views) == 2  # a Config without the multi-crop fields: no local crops
     cfg = SimpleNamespace(**base, local_crops=3, local_size=12, local_scale=[0.1, 0.2])
     ld = build_loader(cfg, small, None, aug, "cpu")
     assert ld.augment.local_scale == (0.1, 0.2) and aug.local_crops == 0  # the caller's augmenter is untouched

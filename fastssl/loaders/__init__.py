@@ -5,7 +5,8 @@ Every loader has the contract of :class:`fastssl.data.ResidentLoader`: ``set_epo
 training device: ``views`` the list [global1, global2, *local crops] of augmented, normalised float
 views (channels_last when the augmentation asks for it; ``augment.local_crops`` local crops of
 ``augment.local_size`` px) and int64 labels. ``set_global_size(px)`` renders the global views at
-px x px from the next batch on (progressive resolution; None = the dataset's resolution). An epoch visits every training index exactly once, in a permutation that depends only on
+px x px from the next batch on (progressive resolution; None = the dataset's resolution).
+An epoch visits every training index exactly once, in a permutation that depends only on
 (seed, epoch); with ``drop_last`` (the default, as in training) the last ``n % batch_size``
 indices of the permutation are left out of that epoch.
 
