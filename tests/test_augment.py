@@ -349,6 +349,16 @@ def test_cuda_matches_cpu_and_is_deterministic():
     assert torch.equal(a1, b1) and torch.equal(a2, b2) and torch.isfinite(a1.float()).all()
     with pytest.raises(ValueError):
         aug(xc, gen(0))  # CPU generator for a CUDA batch
+    # Multi-crop: the grouped crops agree across devices; seeded on the device; shapes.
+    from fastssl.augment import resized_crops_flip
+    boxes = sample_crop_boxes(48, 32, 32, scale=(0.05, 0.3), generator=gen(1))
+    flip = torch.arange(48) % 3 == 0
+    torch.testing.assert_close(resized_crops_flip(x01.to(dev), boxes.to(dev), flip.to(dev), 16).cpu(),
+                               resized_crops_flip(x01, boxes, flip, 16), atol=1e-5, rtol=0)
+    multi = aug.replace(local_crops=6, size=24)
+    a, b = multi(xc, gen(7, dev)), multi(xc, gen(7, dev))
+    assert [tuple(v.shape) for v in a] == [(16, 3, 24, 24)] * 2 + [(16, 3, 16, 16)] * 6
+    assert all(torch.equal(u, v) and u.device.type == "cuda" for u, v in zip(a, b))
 
 
 # ------------------------------------------------------------------ multi-crop and global size
