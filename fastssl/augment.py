@@ -16,13 +16,19 @@ One view (``augment_view``) applies, in this fixed order (the BYOL/SimCLR order,
 4. Gaussian blur with probability ``blur_p`` (sigma ~ U[0.1, 2.0]);
 5. solarisation with probability ``solarize_p``.
 
+Multi-crop (``TwoViewAugment(local_crops=K)``): besides the two global views, K local crops of
+``local_size`` px per image, drawn for the whole batch at once (``augment_view(crops=K)``: one
+``grid_sample`` for all K * B crops, then the colour ops on the K * B crops as one batch). Global
+views are rendered at ``size`` px (None: the input's side); changing it (progressive resolution,
+``replace(size=px)``) changes no random parameter, only the rendering.
+
 Values are floats in [0, 1] throughout (uint8 -> float happens once per batch) and are clamped
 to [0, 1] after every colour op; normalisation with the dataset mean/std happens at the end.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import torch
@@ -30,7 +36,7 @@ import torch.nn.functional as F
 
 __all__ = [
     "AugmentPolicy", "POLICY_NAMES", "policy_pair", "TwoViewAugment", "normalize", "augment_view",
-    "sample_crop_boxes", "resized_crop_flip", "rgb_to_gray", "adjust_brightness",
+    "sample_crop_boxes", "resized_crop_flip", "resized_crops_flip", "rgb_to_gray", "adjust_brightness",
     "adjust_contrast", "adjust_saturation", "adjust_hue", "gaussian_blur", "solarize",
     "BLUR_SIGMA",
 ]
@@ -104,21 +110,28 @@ def policy_pair(name: str) -> tuple[AugmentPolicy, AugmentPolicy]:
 # Geometry: random resized crop + flip
 # --------------------------------------------------------------------------------------------
 
-def _rand(shape, generator, device, rows: tuple[int, int] | None = None) -> torch.Tensor:
+def _rand(shape, generator, device, rows: tuple[int, int] | None = None, groups: int = 1) -> torch.Tensor:
     """U[0, 1) of ``shape`` (first dim: the samples). With ``rows = (start, total)`` the draw is made
     for ``total`` samples and rows start .. start + shape[0] are returned: a slice of a larger batch
-    gets exactly the parameters those samples get in the whole batch (data-parallel shards)."""
+    gets exactly the parameters those samples get in the whole batch (data-parallel shards).
+
+    ``groups`` > 1: shape[0] = groups * n samples, group-major (several crops of each of n images);
+    with ``rows`` the draw is made for groups * total and each group's slice is kept."""
     if rows is None:
         return torch.rand(shape, generator=generator, device=device)
     start, total = rows
-    if not 0 <= start <= start + shape[0] <= total:
-        raise ValueError(f"rows {rows} do not hold a slice of {shape[0]} samples")
-    return torch.rand((total, *shape[1:]), generator=generator, device=device)[start:start + shape[0]]
+    n, rest = shape[0] // groups, tuple(shape[1:])
+    if n * groups != shape[0] or not 0 <= start <= start + n <= total:
+        raise ValueError(f"rows {rows} do not hold a slice of {n} samples")
+    u = torch.rand((groups * total, *rest), generator=generator, device=device)
+    if groups == 1:
+        return u[start:start + n]
+    return u.view(groups, total, *rest)[:, start:start + n].reshape(shape[0], *rest)
 
 
 def sample_crop_boxes(n: int, height: int, width: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
                       generator: torch.Generator | None = None, device=None,
-                      tries: int = 10, rows: tuple[int, int] | None = None) -> torch.Tensor:
+                      tries: int = 10, rows: tuple[int, int] | None = None, groups: int = 1) -> torch.Tensor:
     """Crop boxes with torchvision ``RandomResizedCrop.get_params`` semantics, vectorised.
 
     Per sample: up to ``tries`` candidates with area ~ U[scale] * H * W and aspect ratio w/h
@@ -127,11 +140,12 @@ def sample_crop_boxes(n: int, height: int, width: int, scale=(0.08, 1.0), ratio=
     If none fits, fall back to the centre crop clipped to the ratio range. Here all candidates
     are drawn at once and the first valid one is selected with a min over indices.
 
-    Returns a float32 (n, 4) tensor of integer-valued (top, left, height, width). ``rows``: see ``_rand``.
+    Returns a float32 (n, 4) tensor of integer-valued (top, left, height, width). ``rows``,
+    ``groups``: see ``_rand``.
     """
     area = height * width
     log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
-    u = _rand((n, 2 * tries + 2), generator, device, rows)
+    u = _rand((n, 2 * tries + 2), generator, device, rows, groups)
     target = area * (scale[0] + (scale[1] - scale[0]) * u[:, :tries])
     aspect = torch.exp(log_lo + (log_hi - log_lo) * u[:, tries:2 * tries])
     cw = torch.round(torch.sqrt(target * aspect))  # round-half-even, like Python's round()
@@ -186,6 +200,27 @@ def resized_crop_flip(x: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor,
     gy = grid[..., 1].clamp(v((2 * top + 1) / height - 1), v((2 * (top + ch) - 1) / height - 1))
     grid = torch.stack((gx, gy), dim=-1)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def resized_crops_flip(x: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor, size: int) -> torch.Tensor:
+    """``groups = len(boxes) // len(x)`` crops of every image (boxes and flips group-major: row
+    g * B + b is crop g of image b) in one ``grid_sample`` over the un-repeated batch: the G grids
+    of an image are stacked along the output height, (B, C, G * size, size), then regrouped to
+    (G * B, C, size, size). Same sampling as ``resized_crop_flip`` (pixel centres, clamped to the
+    box), with the grid written out directly: x = sign w/W xs + cx, xs = (2 j + 1)/size - 1."""
+    n, c, height, width = x.shape
+    groups = boxes.shape[0] // n
+    top, left, ch, cw = (t.view(groups, n).t().reshape(n, groups, 1, 1) for t in boxes.to(x.dtype).unbind(1))
+    sign = (1.0 - 2.0 * flip.to(x.dtype)).view(groups, n).t().reshape(n, groups, 1, 1)
+    base = (2 * torch.arange(size, device=x.device, dtype=x.dtype) + 1) / size - 1
+    gx = sign * cw / width * base.view(1, 1, 1, size) + (2 * left + cw) / width - 1
+    gy = ch / height * base.view(1, 1, size, 1) + (2 * top + ch) / height - 1
+    gx = torch.minimum(torch.maximum(gx, (2 * left + 1) / width - 1), (2 * (left + cw) - 1) / width - 1)
+    gy = torch.minimum(torch.maximum(gy, (2 * top + 1) / height - 1), (2 * (top + ch) - 1) / height - 1)
+    grid = torch.stack((gx.expand(n, groups, size, size), gy.expand(n, groups, size, size)), dim=-1)
+    out = F.grid_sample(x, grid.view(n, groups * size, size, 2), mode="bilinear", padding_mode="border",
+                        align_corners=False)
+    return out.view(n, c, groups, size, size).transpose(0, 2).transpose(1, 2).reshape(groups * n, c, size, size)
 
 
 # --------------------------------------------------------------------------------------------
@@ -278,17 +313,26 @@ def _where(mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor
 # --------------------------------------------------------------------------------------------
 
 def augment_view(x_float01: torch.Tensor, policy: AugmentPolicy, size: int,
-                 generator: torch.Generator | None = None, rows: tuple[int, int] | None = None) -> torch.Tensor:
+                 generator: torch.Generator | None = None, rows: tuple[int, int] | None = None,
+                 crops: int = 1) -> torch.Tensor:
     """One augmented view of a float (B, 3, H, W) batch in [0, 1]; returns (B, 3, size, size)
     floats in [0, 1]. Does not modify its input (it may return it when the policy is identity).
 
     ``rows = (start, total)``: the batch is rows start .. start + B of a batch of ``total`` samples
     (a data-parallel shard); every random parameter is drawn for ``total`` samples and sliced, so
-    the shard is augmented exactly as those rows of the whole batch would be."""
+    the shard is augmented exactly as those rows of the whole batch would be.
+
+    ``crops`` > 1: that many independent views of every image in one batched pass (multi-crop),
+    returned group-major as (crops * B, 3, size, size): rows k * B .. (k + 1) * B are crop k."""
     x = x_float01
     n, _, height, width = x.shape
     dev = x.device
-    rand = lambda *shape: _rand(shape, generator, dev, rows)  # noqa: E731
+    rand = lambda *shape: _rand(shape, generator, dev, rows, crops)  # noqa: E731
+    if crops > 1:
+        boxes = sample_crop_boxes(crops * n, height, width, policy.crop_scale, policy.crop_ratio,
+                                  generator=generator, device=dev, rows=rows, groups=crops)
+        flip = rand(crops * n) < policy.flip_p
+        return _colour(resized_crops_flip(x, boxes, flip, size), policy, rand)
 
     # 1. Crop + flip. A full-image, size-preserving crop is skipped (exact, and cheaper).
     identity_crop = (tuple(policy.crop_scale) == (1.0, 1.0) and tuple(policy.crop_ratio) == (1.0, 1.0)
@@ -301,7 +345,12 @@ def augment_view(x_float01: torch.Tensor, policy: AugmentPolicy, size: int,
                                   generator=generator, device=dev, rows=rows)
         flip = rand(n) < policy.flip_p
         x = resized_crop_flip(x, boxes, flip, size)
+    return _colour(x, policy, rand)
 
+
+def _colour(x: torch.Tensor, policy: AugmentPolicy, rand) -> torch.Tensor:
+    """Steps 2-5 of ``augment_view`` on the cropped batch; ``rand(*shape)`` draws U[0, 1) per sample."""
+    n = x.shape[0]
     # 2. Colour jitter (fixed order B, C, S, H), all factors drawn even if a strength is 0.
     if policy.jitter_p > 0 and (policy.brightness or policy.contrast or policy.saturation or policy.hue):
         u = rand(n, 5)
@@ -356,26 +405,65 @@ def normalize(x: torch.Tensor, mean, std, out_dtype=torch.float32) -> torch.Tens
 
 
 class TwoViewAugment:
-    """Callable producing two augmented, normalised views of a uint8 batch on its own device.
+    """Callable producing the views of a uint8 batch on its own device: two global views (policies
+    ``view1``, ``view2``) and ``local_crops`` smaller local crops, all normalised.
 
-    ``mean``/``std`` are per-channel, on the 0-255 scale. Views are (B, 3, size, size) tensors
-    of ``out_dtype``, channels_last if asked. Pass a ``generator`` on the batch's device for
-    reproducible output (None uses torch's default generator of that device).
+    ``mean``/``std`` are per-channel, on the 0-255 scale. ``size`` is the side of the global views
+    (None: the input's side, min(H, W)). Views are (B, 3, side, side) tensors of ``out_dtype``,
+    channels_last if asked, returned as a list [global1, global2, local1, ..., localK]. Pass a
+    ``generator`` on the batch's device for reproducible output (None uses torch's default
+    generator of that device).
+
+    Multi-crop: the K local crops are ``local_size`` px with crop area fraction in ``local_scale``
+    and view 1's policy otherwise (aspect ratio, flip and colour; as DINO/SwAV's local crops, which
+    follow the first view's colour recipe, so the asymmetric recipe's solarisation stays on view 2
+    only). All K crops of the batch come from one batched pass (``augment_view(crops=K)``) whose
+    parameters are drawn after the global views', so ``local_crops=0`` gives exactly the two views
+    of the plain two-view augmentation and adds no work.
     """
 
-    def __init__(self, view1: AugmentPolicy, view2: AugmentPolicy, mean, std, size: int = 32,
-                 out_dtype=torch.float32, channels_last: bool = True):
+    def __init__(self, view1: AugmentPolicy, view2: AugmentPolicy, mean, std, size: int | None = None,
+                 out_dtype=torch.float32, channels_last: bool = True, local_crops: int = 0,
+                 local_size: int = 16, local_scale: Sequence[float] = (0.05, 0.3)):
         self.view1, self.view2 = view1, view2
         self.mean = _channel_stats(mean, "mean")
         self.std = _channel_stats(std, "std")
-        self.size = int(size)
+        self.size = _side(size, "size") if size is not None else None
         self.out_dtype = out_dtype
         self.channels_last = channels_last
+        if isinstance(local_crops, bool) or int(local_crops) != local_crops or local_crops < 0:
+            raise ValueError(f"local crops must be an integer >= 0, got {local_crops!r}")
+        self.local_crops = int(local_crops)
+        self.local_size = _side(local_size, "local crop size")
+        scale = tuple(float(v) for v in local_scale)
+        if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
+            raise ValueError(f"local crop scale must be LO,HI with 0 < LO <= HI <= 1, got {tuple(local_scale)}")
+        self.local_scale = scale
+        self.local_policy = replace(view1, crop_scale=scale)
         self._stats: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @classmethod
     def from_name(cls, name: str, mean, std, **kwargs) -> "TwoViewAugment":
         return cls(*policy_pair(name), mean, std, **kwargs)
+
+    def replace(self, **changes) -> "TwoViewAugment":
+        """A copy with some constructor arguments changed, e.g. ``replace(size=16)``, ``replace(local_crops=6)``."""
+        args = dict(view1=self.view1, view2=self.view2, mean=self.mean, std=self.std, size=self.size,
+                    out_dtype=self.out_dtype, channels_last=self.channels_last, local_crops=self.local_crops,
+                    local_size=self.local_size, local_scale=self.local_scale)
+        unknown = set(changes) - set(args)
+        if unknown:
+            raise TypeError(f"unknown augmentation settings: {', '.join(sorted(unknown))}")
+        args.update(changes)
+        return TwoViewAugment(**args)
+
+    @property
+    def num_views(self) -> int:
+        return 2 + self.local_crops
+
+    def global_side(self, height: int, width: int) -> int:
+        """The side of the global views of an (H, W) input."""
+        return self.size if self.size is not None else min(height, width)
 
     def _finish(self, v: torch.Tensor) -> torch.Tensor:
         # (v - mean/255) / (std/255), i.e. the same map as normalize() on the 0-1 scale.
@@ -388,17 +476,29 @@ class TwoViewAugment:
         return v.contiguous(memory_format=torch.channels_last) if self.channels_last else v
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None,
-                 rows: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Both views of ``x``; ``rows = (start, total)`` marks ``x`` as a slice of a larger batch
+                 rows: tuple[int, int] | None = None) -> list[torch.Tensor]:
+        """All views of ``x``; ``rows = (start, total)`` marks ``x`` as a slice of a larger batch
         (see ``augment_view``): the slice's views equal those rows of the whole batch's views."""
         _check_batch(x)
         if generator is not None and generator.device.type != x.device.type:
             raise ValueError(f"generator is on {generator.device}, batch on {x.device}")
         x01 = x.to(torch.float32).div_(255)  # the only uint8 -> float conversion
-        v1 = augment_view(x01, self.view1, self.size, generator, rows)
-        v2 = augment_view(x01, self.view2, self.size, generator, rows)
-        return self._finish(v1), self._finish(v2)
+        side = self.global_side(x.shape[2], x.shape[3])
+        views = [self._finish(augment_view(x01, self.view1, side, generator, rows)),
+                 self._finish(augment_view(x01, self.view2, side, generator, rows))]
+        if self.local_crops:
+            local = augment_view(x01, self.local_policy, self.local_size, generator, rows, crops=self.local_crops)
+            views += list(self._finish(local).chunk(self.local_crops))  # group-major: chunk k is crop k
+        return views
 
     def __repr__(self) -> str:
-        return (f"TwoViewAugment(view1={self.view1}, view2={self.view2}, size={self.size}, "
+        local = (f", local_crops={self.local_crops}, local_size={self.local_size}, local_scale={self.local_scale}"
+                 if self.local_crops else "")
+        return (f"TwoViewAugment(view1={self.view1}, view2={self.view2}, size={self.size}{local}, "
                 f"out_dtype={self.out_dtype}, channels_last={self.channels_last})")
+
+
+def _side(value, name: str) -> int:
+    if isinstance(value, bool) or int(value) != value or value < 1:
+        raise ValueError(f"{name} must be a positive number of pixels, got {value!r}")
+    return int(value)

@@ -1,5 +1,7 @@
-"""Training-data loaders. Every loader yields (view1, view2, labels) on the training device, the
-views augmented and normalised, covering its epoch once (drop_last drops the final partial batch).
+"""Training-data loaders. Every loader yields (views, labels) on the training device, ``views`` the list
+[global1, global2, *local crops], augmented and normalised, covering its epoch once (drop_last drops
+the final partial batch). ``set_global_size(px)`` changes the side of the global views from the next
+batch on (progressive resolution; None = the dataset's resolution).
 
 Data-parallel runs (``rank``/``world`` of a loader): ``batch_size`` is the global batch; each global
 batch of the epoch's permutation is cut by ``shard_rows`` and rank r yields its contiguous slice,
@@ -33,7 +35,7 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 class ResidentLoader:
     """The whole uint8 dataset lives on the device; each epoch is a random permutation of it and
-    both views come from the batched device-side augmentation. The fastest path for CIFAR.
+    all views come from the batched device-side augmentation. The fastest path for CIFAR.
 
     With ``world`` > 1 every rank holds the dataset, draws the same permutation and augmentation
     parameters for the whole global batch, and keeps its slice (``TwoViewAugment(rows=...)``)."""
@@ -51,6 +53,12 @@ class ResidentLoader:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def set_global_size(self, px: int | None) -> None:
+        """Render the global views at ``px`` x ``px`` from the next batch on (None: full resolution).
+        The random parameters drawn do not depend on the size: only the rendering changes."""
+        if px != self.augment.size:
+            self.augment = self.augment.replace(size=px)
+
     def __len__(self) -> int:
         n, b = len(self.images), self.batch_size
         return n // b if self.drop_last else (n + b - 1) // b
@@ -61,10 +69,10 @@ class ResidentLoader:
         for i in range(len(self)):
             idx = perm[i * self.batch_size:(i + 1) * self.batch_size]
             if self.world == 1:
-                v1, v2 = self.augment(self.images[idx], generator=gen)
+                views = self.augment(self.images[idx], generator=gen)
             else:
                 lo, hi = shard_rows(len(idx), self.rank, self.world)
                 rows = (lo, len(idx))  # draw for the global batch, keep this rank's rows
                 idx = idx[lo:hi]
-                v1, v2 = self.augment(self.images[idx], generator=gen, rows=rows)
-            yield v1, v2, self.labels[idx]
+                views = self.augment(self.images[idx], generator=gen, rows=rows)
+            yield views, self.labels[idx]

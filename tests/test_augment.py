@@ -137,8 +137,10 @@ def test_batch_size_one_and_non_square_inputs():
     v1, v2 = aug(rand_images(1), gen(0))
     assert v1.shape == v2.shape == (1, 3, 32, 32)
     x = rand_images(3, 40, 24)
-    v1, v2 = aug(x, gen(0))
+    v1, v2 = aug.replace(size=32)(x, gen(0))
     assert v1.shape == v2.shape == (3, 3, 32, 32) and torch.isfinite(v1).all()
+    v1, v2 = aug(x, gen(0))  # size None: the input's shorter side
+    assert v1.shape == v2.shape == (3, 3, 24, 24)
     small = TwoViewAugment(IDENTITY, IDENTITY, MEAN, STD, size=16)
     v1, _ = small(x, gen(0))  # identity policy on a non-square input: centre square, resized
     assert v1.shape == (3, 3, 16, 16)
@@ -347,3 +349,176 @@ def test_cuda_matches_cpu_and_is_deterministic():
     assert torch.equal(a1, b1) and torch.equal(a2, b2) and torch.isfinite(a1.float()).all()
     with pytest.raises(ValueError):
         aug(xc, gen(0))  # CPU generator for a CUDA batch
+    # Multi-crop: the grouped crops agree across devices; seeded on the device; shapes.
+    from fastssl.augment import resized_crops_flip
+    boxes = sample_crop_boxes(48, 32, 32, scale=(0.05, 0.3), generator=gen(1))
+    flip = torch.arange(48) % 3 == 0
+    torch.testing.assert_close(resized_crops_flip(x01.to(dev), boxes.to(dev), flip.to(dev), 16).cpu(),
+                               resized_crops_flip(x01, boxes, flip, 16), atol=1e-5, rtol=0)
+    multi = aug.replace(local_crops=6, size=24)
+    a, b = multi(xc, gen(7, dev)), multi(xc, gen(7, dev))
+    assert [tuple(v.shape) for v in a] == [(16, 3, 24, 24)] * 2 + [(16, 3, 16, 16)] * 6
+    assert all(torch.equal(u, v) and u.device.type == "cuda" for u, v in zip(a, b))
+
+
+# ------------------------------------------------------------------ multi-crop and global size
+
+FLAT_STATS = dict(mean=(0.0, 0.0, 0.0), std=(255.0, 255.0, 255.0))  # output = pixel values in [0, 1]
+
+
+def ramp_images(n):
+    """R = 8 x + 4, G = 8 y + 4 (uint8): a crop's R/G range gives its box, its R slope the flip."""
+    yy, xx = torch.meshgrid(torch.arange(32), torch.arange(32), indexing="ij")
+    ramp = torch.stack((xx * 8 + 4, yy * 8 + 4, torch.full_like(xx, 128))).to(torch.uint8)
+    return ramp.expand(n, 3, 32, 32).contiguous()
+
+
+def ramp_geometry(v):
+    """Crop area fraction and flip of views of ``ramp_images`` (pixel values in [0, 1]). Exact while
+    the crop is not wider/taller than the output (no sample point falls inside the edge pixels)."""
+    r, g = v[:, 0] * 255, v[:, 1] * 255
+    w = (r.amax((1, 2)) - r.amin((1, 2))) / 8 + 1
+    h = (g.amax((1, 2)) - g.amin((1, 2))) / 8 + 1
+    return w * h / 1024, (r[:, :, -1] - r[:, :, 0]).mean(1) < 0
+
+
+@pytest.mark.parametrize("k", [0, 2, 6])
+@pytest.mark.parametrize("local_size", [8, 16])
+def test_multicrop_view_shapes(k, local_size):
+    aug = TwoViewAugment(*policy_pair("symmetric"), MEAN, STD, local_crops=k, local_size=local_size)
+    assert aug.num_views == 2 + k
+    views = aug(rand_images(5), gen(0))
+    assert isinstance(views, list) and len(views) == 2 + k
+    assert [tuple(v.shape) for v in views] == [(5, 3, 32, 32)] * 2 + [(5, 3, local_size, local_size)] * k
+    lo, hi = norm_bounds()
+    for v in views:
+        assert v.dtype == torch.float32 and v.is_contiguous(memory_format=torch.channels_last)
+        assert torch.isfinite(v).all() and (v >= lo - 1e-4).all() and (v <= hi + 1e-4).all()
+    for a in range(len(views)):  # every view its own parameters
+        for b in range(a + 1, len(views)):
+            assert views[a].shape != views[b].shape or not torch.equal(views[a], views[b])
+
+
+def test_local_crops_leave_the_global_views_unchanged_and_are_seeded():
+    x = rand_images(12)
+    two = TwoViewAugment(*policy_pair("asymmetric"), MEAN, STD)
+    many = two.replace(local_crops=6)
+    g1, g2 = two(x, gen(7))
+    views = many(x, gen(7))
+    assert torch.equal(views[0], g1) and torch.equal(views[1], g2)  # K = 0 is the plain two-view run
+    again = many(x, gen(7))
+    assert all(torch.equal(a, b) for a, b in zip(views, again))
+    other = many(x, gen(8))
+    assert all(not torch.equal(a, b) for a, b in zip(views, other))
+    # The rendering size of the global views changes no random parameter: the same local crops.
+    small = many.replace(size=16)(x, gen(7))
+    assert all(torch.equal(a, b) for a, b in zip(views[2:], small[2:]))
+
+
+def test_resized_crops_flip_equals_crop_then_interpolate():
+    x = torch.rand(3, 3, 32, 32, generator=gen(2))
+    groups, size = 4, 16
+    boxes = sample_crop_boxes(groups * 3, 32, 32, scale=(0.05, 0.6), generator=gen(3))
+    flip = torch.arange(groups * 3) % 3 == 1
+    from fastssl.augment import resized_crops_flip
+    out = resized_crops_flip(x, boxes, flip, size)
+    assert out.shape == (groups * 3, 3, size, size)
+    for row in range(groups * 3):
+        b = row % 3  # group-major: row g * B + b is crop g of image b
+        t, l, h, w = (int(v) for v in boxes[row])
+        ref = F.interpolate(x[b:b + 1, :, t:t + h, l:l + w], size=(size, size), mode="bilinear", align_corners=False)
+        torch.testing.assert_close(out[row:row + 1], ref.flip(-1) if flip[row] else ref, atol=1e-5, rtol=0)
+
+
+def test_local_crop_scale_and_flip_statistics():
+    """Local crops (here 32 px, so the ramp measures boxes exactly) have the area fractions of the
+    requested scale range (against the scalar RandomResizedCrop reference) and flip at p = 0.5."""
+    n, k, scale = 1000, 4, (0.05, 0.3)
+    geo = AugmentPolicy(**NO_COLOUR)
+    aug = TwoViewAugment(geo, geo, **FLAT_STATS, local_crops=k, local_size=32, local_scale=scale)
+    views = aug(ramp_images(n), gen(0))
+    frac, flipped = ramp_geometry(torch.cat(views[2:]))
+    w_max = math.sqrt(scale[1] * 1024 * 4 / 3) + 1
+    assert frac.min() >= scale[0] - w_max / 1024 and frac.max() <= scale[1] + w_max / 1024
+    assert frac.min() < scale[0] + 0.02 and frac.max() > scale[1] - 0.03  # spans the range
+    rng = random.Random(0)
+    ref = [_torchvision_style_box(rng, 32, 32, scale, (3 / 4, 4 / 3)) for _ in range(4000)]
+    ref_frac = torch.tensor([h * w / 1024 for _, _, h, w in ref])
+    assert abs(frac.mean() - ref_frac.mean()) < 0.006  # s.e. of each mean ~0.0012
+    assert abs(flipped.float().mean() - 0.5) < 0.04  # 4000 crops, s.e. 0.008
+    # The global views keep their own (0.08, 1) range: much larger on average.
+    g_frac, _ = ramp_geometry(torch.cat(views[:2]))
+    assert g_frac.mean() > 0.4
+
+
+@pytest.mark.parametrize("op,p", [("jitter_p", 0.8), ("gray_p", 0.2)])
+def test_local_crops_colour_rates_follow_view1(op, p):
+    """Flat colourful images: a crop is the same flat colour, so any change is the colour op's.
+    The local crops use view 1's policy (view 2 here does nothing)."""
+    n, k = 1000, 4
+    colour = torch.rand(n, 3, 1, 1, generator=gen(1)) * 0.4 + 0.3
+    x = (colour.expand(n, 3, 32, 32) * 255).round().to(torch.uint8)
+    colour = x[:, :, :1, :1].float() / 255
+    kwargs = dict(NO_COLOUR)
+    kwargs[op] = p
+    aug = TwoViewAugment(AugmentPolicy(**kwargs), IDENTITY, **FLAT_STATS, local_crops=k, local_size=8)
+    views = aug(x, gen(2))
+    local = torch.cat(views[2:])
+    if op == "jitter_p":
+        applied = (local - colour.repeat(k, 1, 1, 1)).abs().amax((1, 2, 3)) > 1e-4
+    else:
+        applied = (local[:, 0] == local[:, 1]).all(-1).all(-1) & (local[:, 1] == local[:, 2]).all(-1).all(-1)
+    rate = applied.float().mean().item()
+    assert abs(rate - p) < 5 * math.sqrt(p * (1 - p) / (n * k)) + 0.005
+    # Per image, the k crops draw their coins independently: not all the same decision.
+    per_image = applied.view(k, n).float().mean(0)
+    assert ((per_image > 0) & (per_image < 1)).float().mean() > 0.3
+
+
+def test_asymmetric_recipe_local_crops_have_no_solarisation():
+    aug = TwoViewAugment(*policy_pair("asymmetric"), MEAN, STD, local_crops=2)
+    assert aug.local_policy.solarize_p == 0.0 and aug.local_policy.crop_scale == (0.05, 0.3)
+    assert aug.local_policy == AugmentPolicy(crop_scale=(0.05, 0.3))
+
+
+def test_local_crops_per_sample_parameters():
+    x = rand_images(1).expand(16, -1, -1, -1).contiguous()  # 16 copies of one image
+    views = TwoViewAugment(*policy_pair("default"), MEAN, STD, local_crops=3)(x, gen(5))
+    crops = torch.cat(views[2:]).flatten(1)
+    assert len({tuple(r) for r in crops[:, :64].tolist()}) == 3 * 16  # every copy, every crop its own
+
+
+def test_local_crops_of_a_shard_are_rows_of_the_whole_batch():
+    x = rand_images(12)
+    aug = TwoViewAugment(*policy_pair("symmetric"), MEAN, STD, local_crops=3, local_size=8)
+    whole = aug(x, gen(4))
+    parts = [aug(x[lo:hi], gen(4), rows=(lo, 12)) for lo, hi in ((0, 5), (5, 12))]
+    for j in range(5):
+        torch.testing.assert_close(torch.cat([p[j] for p in parts]), whole[j], atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("px", [16, 24, 32])
+def test_global_size(px):
+    aug = TwoViewAugment(*policy_pair("default"), MEAN, STD, local_crops=2, local_size=8).replace(size=px)
+    views = aug(rand_images(4), gen(0))
+    assert [v.shape[-1] for v in views] == [px, px, 8, 8]
+    # The same boxes at another resolution: a ramp's crop spans the same box (to within one pixel).
+    geo = AugmentPolicy(**NO_COLOUR)
+    full = TwoViewAugment(geo, geo, **FLAT_STATS)
+    a, b = full(ramp_images(64), gen(3)), full.replace(size=px)(ramp_images(64), gen(3))
+    r_full, r_px = a[0][:, 0] * 255, b[0][:, 0] * 255
+    assert (r_full.amin((1, 2)) - r_px.amin((1, 2))).abs().max() <= 8 + 1e-3
+
+
+def test_default_size_is_the_input_size():
+    aug = TwoViewAugment(*policy_pair("default"), MEAN, STD)
+    assert aug(rand_images(2, 48, 48), gen(0))[0].shape == (2, 3, 48, 48)
+    assert aug.replace(size=32)(rand_images(2, 48, 48), gen(0))[0].shape == (2, 3, 32, 32)
+
+
+@pytest.mark.parametrize("kwargs", [dict(local_crops=-1), dict(local_crops=1.5), dict(local_size=0),
+                                    dict(local_scale=(0.5, 0.2)), dict(local_scale=(0.0, 0.3)),
+                                    dict(local_scale=(0.1,)), dict(size=0)])
+def test_multicrop_validation(kwargs):
+    with pytest.raises(ValueError):
+        TwoViewAugment(*policy_pair("default"), MEAN, STD, **kwargs)

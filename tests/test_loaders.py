@@ -4,6 +4,7 @@ across loaders, a clear message when a package is missing, and a short training 
 FFCV and DALI cases skip when the package is not installed."""
 import json
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ import torch
 from data_prep.dataset import Dataset
 from fastssl.augment import AugmentPolicy, TwoViewAugment, policy_pair
 from fastssl.cli import main
-from fastssl.loaders import LOADERS, MissingPackage, make_loader
+from fastssl.loaders import LOADERS, MissingPackage, UnsupportedOption, build_loader, make_loader
 
 # Loader variants: (name, options, package needed).
 SPECS = {
@@ -92,7 +93,7 @@ def loader(key, ds, cache, aug=None, indices=None, drop_last=True, batch=BATCH, 
 
 def run_epoch(ld, epoch):
     ld.set_epoch(epoch)
-    return [(v1.clone(), v2.clone(), y.clone()) for v1, v2, y in ld]
+    return [([v.clone() for v in views], y.clone()) for views, y in ld]
 
 
 def test_loader_names():
@@ -105,26 +106,27 @@ def test_contract_coverage_order_determinism(key, small, cache):
     assert len(ld) == N // BATCH
     out = run_epoch(ld, 0)
     assert len(out) == N // BATCH
-    for v1, v2, y in out:
-        for v in (v1, v2):
+    for views, y in out:
+        assert isinstance(views, list) and len(views) == 2
+        for v in views:
             assert v.shape == (BATCH, 3, 32, 32) and v.dtype == torch.float32 and v.device.type == "cpu"
             assert v.is_contiguous(memory_format=torch.channels_last) and torch.isfinite(v).all()
         assert y.shape == (BATCH,) and y.dtype == torch.int64
-        assert not torch.equal(v1, v2)
-    seen = torch.cat([y for _, _, y in out])
+        assert not torch.equal(views[0], views[1])
+    seen = torch.cat([y for _, y in out])
     assert len(set(seen.tolist())) == len(seen) == (N // BATCH) * BATCH  # no duplicates; drop_last drops 8
     # The epoch order is the same permutation for every loader (that of the resident loader).
     ref = loader("resident", small, cache)
-    assert torch.equal(seen, torch.cat([y for _, _, y in run_epoch(ref, 0)]))
+    assert torch.equal(seen, torch.cat([y for _, y in run_epoch(ref, 0)]))
     # Another epoch, another order; the same epoch again, the same batches (views included).
     again = run_epoch(ld, 1)
-    assert not torch.equal(seen, torch.cat([y for _, _, y in again]))
-    for (a1, a2, ay), (b1, b2, by) in zip(again, run_epoch(ld, 1)):
-        assert torch.equal(ay, by) and torch.equal(a1, b1) and torch.equal(a2, b2)
+    assert not torch.equal(seen, torch.cat([y for _, y in again]))
+    for (a, ay), (b, by) in zip(again, run_epoch(ld, 1)):
+        assert torch.equal(ay, by) and all(torch.equal(u, v) for u, v in zip(a, b))
     # Batches kept from earlier steps are not overwritten by later ones (FFCV reuses buffers).
-    kept = [(v1, y) for v1, _, y in ld]
-    assert all(torch.equal(k[1], o[2]) for k, o in zip(kept, again))
-    assert all(torch.equal(k[0], o[0]) for k, o in zip(kept, again))
+    kept = [(views[0], y) for views, y in ld]
+    assert all(torch.equal(k[1], o[1]) for k, o in zip(kept, again))
+    assert all(torch.equal(k[0], o[0][0]) for k, o in zip(kept, again))
 
 
 @pytest.mark.parametrize("key", list(SPECS))
@@ -136,8 +138,8 @@ def test_no_drop_last_subset_and_stop_mid_epoch(key, small, cache):
     for _ in ld:
         break
     out = run_epoch(ld, 0)
-    assert [len(y) for _, _, y in out] == [64, 26]
-    assert sorted(torch.cat([y for _, _, y in out]).tolist()) == subset.tolist()
+    assert [len(y) for _, y in out] == [64, 26]
+    assert sorted(torch.cat([y for _, y in out]).tolist()) == subset.tolist()
 
 
 def geometry_stats(views):
@@ -159,7 +161,7 @@ def _views(key, ds, aug, cache):
     ld = loader(key, ds, cache, aug=aug, batch=128, seed=1)
     views = [[], []]
     for epoch in range(2):
-        for v1, v2, _ in run_epoch(ld, epoch):
+        for (v1, v2), _ in run_epoch(ld, epoch):
             views[0].append(v1)
             views[1].append(v2)
     return views
@@ -199,6 +201,99 @@ def test_augmentation_statistics_agree(key, cache, reference_stats):
     # Solarisation (asymmetric view 2) visibly darkens: every loader implements it.
     (m1, _), (m2, _) = colour["asymmetric"]
     assert (m2 - m1).mean() < -0.05
+
+
+# ------------------------------------------------------------------ multi-crop and progressive resolution
+
+def multicrop(ds, k=2, local_size=8):
+    return TwoViewAugment(*policy_pair("default"), ds.mean, ds.std, local_crops=k, local_size=local_size)
+
+
+def first_batch(ld):
+    for views, y in ld:
+        return views, y
+
+
+@pytest.mark.parametrize("key", ["resident", "torch", "ffcv"])
+def test_multicrop_views_and_global_size(key, small, cache):
+    ld = loader(key, small, cache, aug=multicrop(small), batch=32, indices=np.arange(96))
+    ld.set_epoch(0)
+    for px in (16, 24, 32, None):
+        ld.set_global_size(px)
+        views, y = first_batch(ld)
+        side = px or 32
+        assert [tuple(v.shape) for v in views] == [(32, 3, side, side)] * 2 + [(32, 3, 8, 8)] * 2
+        assert all(v.is_contiguous(memory_format=torch.channels_last) and torch.isfinite(v).all() for v in views)
+        assert not torch.equal(views[2], views[3]) and y.shape == (32,)
+    # The same (seed, epoch), the same views, local crops included.
+    a, b = run_epoch(ld, 1), run_epoch(ld, 1)
+    assert all(torch.equal(u, v) for (x, _), (z, _) in zip(a, b) for u, v in zip(x, z))
+
+
+@pytest.mark.parametrize("key", ["resident", "torch"])
+def test_set_global_size_takes_effect_at_the_next_batch(key, small, cache):
+    """Switching mid-epoch gives, from the next batch on, exactly the views of a run at that size
+    (the torch loader re-renders the batches its workers had prefetched at the old size)."""
+    fixed = loader(key, small, cache, aug=multicrop(small, k=1), batch=16)
+    fixed.set_global_size(16)
+    ref = run_epoch(fixed, 0)
+    ld = loader(key, small, cache, aug=multicrop(small, k=1), batch=16)
+    rerendered = []
+    if key == "torch":
+        real = ld.dataset.views
+        ld.dataset.views = lambda *a, **kw: rerendered.append(a[0]) or real(*a, **kw)  # counts main-process calls
+    ld.set_epoch(0)
+    out = []
+    for i, (views, y) in enumerate(ld):
+        out.append((views, y))
+        if i == 0:
+            ld.set_global_size(16)
+    assert out[0][0][0].shape[-1] == 32 and len(out) == len(ref) == N // 16
+    for (a, ay), (b, by) in zip(out[1:], ref[1:]):
+        assert torch.equal(ay, by) and [v.shape[-1] for v in a] == [16, 16, 8]
+        assert all(torch.equal(u, v) for u, v in zip(a, b))
+    assert key != "torch" or len(rerendered) > 0  # the prefetched batches were really re-rendered
+
+
+@pytest.mark.parametrize("key", ["resident", "torch"])
+def test_multicrop_shards_are_rows_of_the_global_batch(key, small, cache):
+    name, opts = spec(key)
+    aug = multicrop(small, k=2)
+
+    def make(rank, world):
+        return make_loader(name, small, np.arange(96), 32, aug, "cpu", seed=4, cache_dir=cache, verbose=False,
+                           rank=rank, world=world, **opts)
+
+    single, shards = run_epoch(make(0, 1), 0), [run_epoch(make(r, 2), 0) for r in range(2)]
+    assert len(single) == 3
+    for step, (views, y) in enumerate(single):
+        parts = [s[step] for s in shards]
+        assert torch.equal(torch.cat([p[1] for p in parts]), y)
+        for j in range(4):
+            torch.testing.assert_close(torch.cat([p[0][j] for p in parts]), views[j], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("key,what", [("dali", "--loader dali"), ("ffcv-crops", "FFCV-side crops")])
+def test_loaders_without_multicrop_refuse_clearly(key, what, small, cache):
+    with pytest.raises(UnsupportedOption, match=f"{what} cannot make local crops.*use --loader resident"):
+        loader(key, small, cache, aug=multicrop(small))
+    ld = loader(key, small, cache)
+    ld.set_global_size(32)  # the dataset's resolution (and None) are fine
+    ld.set_global_size(None)
+    with pytest.raises(UnsupportedOption, match=f"{what} renders global views at the dataset's 32 px only, not 16 px"):
+        ld.set_global_size(16)
+
+
+def test_build_loader_reads_the_multicrop_config(small):
+    base = dict(loader="resident", batch_size=32, seed=0, progress=False)
+    aug = TwoViewAugment(*policy_pair("default"), small.mean, small.std)
+    views, _ = first_batch(build_loader(SimpleNamespace(**base), small, None, aug, "cpu"))
+    assert len(views) == 2  # a Config without the multi-crop fields: no local crops
+    cfg = SimpleNamespace(**base, local_crops=3, local_size=12, local_scale=[0.1, 0.2])
+    ld = build_loader(cfg, small, None, aug, "cpu")
+    assert ld.augment.local_scale == (0.1, 0.2) and aug.local_crops == 0  # the caller's augmenter is untouched
+    views, _ = first_batch(ld)
+    assert [v.shape[-1] for v in views] == [32, 32, 12, 12, 12]
 
 
 @pytest.mark.parametrize("key,module,extra", [("ffcv", "ffcv.loader", "ffcv"), ("dali", "nvidia.dali", "dali")])

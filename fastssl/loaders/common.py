@@ -10,6 +10,22 @@ from ..augment import AugmentPolicy, TwoViewAugment
 from ..data import epoch_seed, shard_rows
 
 
+class UnsupportedOption(ValueError):
+    """A loader cannot do what was asked (e.g. local crops with ``--loader dali``); one-line message."""
+
+
+def refuse_local_crops(augment: TwoViewAugment, what: str) -> None:
+    if augment.local_crops:
+        raise UnsupportedOption(f"{what} cannot make local crops (--local-crops {augment.local_crops}); "
+                                f"use --loader resident, torch or ffcv (device crops)")
+
+
+def refuse_global_size(px, resolution: int, what: str) -> None:
+    if px is not None and px != resolution:
+        raise UnsupportedOption(f"{what} renders global views at the dataset's {resolution} px only, not {px} px "
+                                f"(--res-schedule); use --loader resident, torch or ffcv (device crops)")
+
+
 def num_batches(n: int, batch_size: int, drop_last: bool) -> int:
     return n // batch_size if drop_last else (n + batch_size - 1) // batch_size
 

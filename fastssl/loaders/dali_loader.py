@@ -29,6 +29,9 @@ batch (``shard_batches``); the pipeline's seed is the single-process one on rank
 splitmix64 of (seed, epoch, rank) elsewhere, so ranks draw independent augmentations (not the
 single-process run's parameters for those rows: DALI's per-sample randomness depends on the batch).
 
+Local crops (multi-crop) and global sizes other than the dataset's resolution (progressive
+resolution) are refused with one line (``UnsupportedOption``): use the resident, torch or ffcv loader.
+
 Known differences from the device path (checked statistically by tests/test_loaders.py): DALI's
 crop box is not rounded to whole pixels, and its fallback when no try fits differs; the JPEG
 round trip (quality 90, 4:4:4) changes pixels by about 1 grey level on average.
@@ -44,7 +47,8 @@ from data_prep.formats import read_dali_index, require
 
 from ..augment import BLUR_SIGMA, AugmentPolicy, TwoViewAugment
 from ..data import epoch_seed
-from .common import as_indices, batches, check_sizes, epoch_order, num_batches, sample_seed, shard_batches
+from .common import (as_indices, batches, check_sizes, epoch_order, num_batches, refuse_global_size,
+                     refuse_local_crops, sample_seed, shard_batches)
 
 _LUMA = (0.299, 0.587, 0.114)
 _BLUR_WINDOW = 13
@@ -160,8 +164,10 @@ class DALILoader:
 
     def __init__(self, tar_path, indices, batch_size: int, augment: TwoViewAugment, device, seed: int = 0,
                  drop_last: bool = True, threads: int | None = None, prefetch: int = 2, rank: int = 0,
-                 world: int = 1):
+                 world: int = 1, resolution: int = 32):
         _dali()
+        refuse_local_crops(augment, "--loader dali")
+        self.size = augment.size or resolution
         self.rank, self.world = rank, world
         from pathlib import Path
         tar_path = Path(tar_path)
@@ -187,6 +193,10 @@ class DALILoader:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def set_global_size(self, px: int | None) -> None:
+        """Only the size the pipeline renders (the dataset's resolution) is accepted."""
+        refuse_global_size(px, self.size, "--loader dali")
+
     def __len__(self) -> int:
         return num_batches(len(self.indices), self.batch_size, self.drop_last)
 
@@ -203,8 +213,8 @@ class DALILoader:
             jpegs, labels = fn.external_source(source=feed, num_outputs=2, batch=True,
                                                dtype=[types.UINT8, types.INT64])
             images = fn.decoders.image(jpegs, device="mixed" if gpu else "cpu", output_type=types.RGB)
-            v1 = _view(images, aug.view1, aug.size, aug.mean, aug.std, gpu)
-            v2 = _view(images, aug.view2, aug.size, aug.mean, aug.std, gpu)
+            v1 = _view(images, aug.view1, self.size, aug.mean, aug.std, gpu)
+            v2 = _view(images, aug.view2, self.size, aug.mean, aug.std, gpu)
             return v1, v2, (labels.gpu() if gpu else labels)
 
         return pipe()
@@ -226,7 +236,7 @@ class DALILoader:
         try:
             for out in it:
                 d = out[0]
-                yield self._finish(d["v1"]), self._finish(d["v2"]), d["y"].reshape(-1).to(self.device)
+                yield [self._finish(d["v1"]), self._finish(d["v2"])], d["y"].reshape(-1).to(self.device)
         finally:
             del it, pipe
 

@@ -3,14 +3,17 @@ FFCV's CPU threads, ``ToDevice`` to the training device, then the views.
 
 Two ways to make the two views (``crops``):
 
-- ``"device"`` (default): FFCV delivers the decoded uint8 batch; both views come from the same
-  batched device-side augmentation as ``--loader resident`` (one decode per image).
+- ``"device"`` (default): FFCV delivers the decoded uint8 batch; all views come from the same
+  batched device-side augmentation as ``--loader resident`` (one decode per image), so local crops
+  (multi-crop) and ``set_global_size`` (progressive resolution) work as there.
 - ``"ffcv"``: the geometric part runs on FFCV's CPU threads. FFCV cannot natively make two random
   crops of one decoded image (its crop lives inside the decoder, so a second ``PipelineSpec``
   decodes every image twice); :class:`TwoViewCropFlip` is an FFCV ``Operation``, compiled with
   numba, that cuts both random resized crops (torchvision ``RandomResizedCrop`` sampling, bilinear,
   the same pixel-centre convention as the device path) and flips them from one decoded image. The
-  colour part of the policy then runs on the device.
+  colour part of the policy then runs on the device. The operation's output shape is fixed when
+  FFCV compiles the pipeline: this mode refuses local crops and global sizes other than the one it
+  was built with (``UnsupportedOption``, one line).
 
 Order: a custom FFCV ``TraversalOrder`` gives the same permutation of the epoch as the other
 loaders (``common.epoch_order(indices, seed, epoch)``); the device-side augmentation draws
@@ -45,7 +48,8 @@ from data_prep.formats import require
 
 from ..augment import AugmentPolicy, TwoViewAugment, augment_view
 from ..data import epoch_seed
-from .common import as_indices, batches, check_sizes, colour_only, epoch_order, finish, shard_batches
+from .common import (as_indices, batches, check_sizes, colour_only, epoch_order, finish, refuse_global_size,
+                     refuse_local_crops, shard_batches)
 
 CROPS = ("device", "ffcv")
 
@@ -235,10 +239,15 @@ class FFCVLoader:
 
     def __init__(self, path, indices, batch_size: int, augment: TwoViewAugment, device, seed: int = 0,
                  drop_last: bool = True, workers: int | None = None, crops: str = "device",
-                 batches_ahead: int = 3, num_images: int | None = None, rank: int = 0, world: int = 1):
+                 batches_ahead: int = 3, num_images: int | None = None, rank: int = 0, world: int = 1,
+                 resolution: int = 32):
         loader_mod, decoders, transforms = _ffcv()
         if crops not in CROPS:
             raise ValueError(f"crops must be one of {CROPS}, got {crops!r}")
+        if crops == "ffcv":
+            refuse_local_crops(augment, "--loader ffcv with FFCV-side crops")
+        # The side FFCV-side crops are cut at (fixed when FFCV compiles the pipeline).
+        self.crop_size = augment.size or resolution
         if world > 1 and (batch_size % world or not drop_last):
             raise ValueError(f"--loader ffcv on {world} ranks needs drop_last and a global batch divisible by "
                              f"{world}, got {batch_size}")
@@ -250,7 +259,7 @@ class FFCVLoader:
             workers = torch.get_num_threads() if self.device.type == "cpu" else min(16, os.cpu_count() or 1)
         image = [decoders.SimpleRGBImageDecoder()]
         if crops == "ffcv":
-            image.append(make_two_view_crop_flip(augment.size, augment.view1, augment.view2, seed))
+            image.append(make_two_view_crop_flip(self.crop_size, augment.view1, augment.view2, seed))
         image += [transforms.ToTensor(), transforms.ToDevice(self.device, non_blocking=True)]
         if crops == "device":
             image.append(transforms.ToTorchImage(channels_last=True))  # NCHW view, no copy
@@ -270,6 +279,14 @@ class FFCVLoader:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def set_global_size(self, px: int | None) -> None:
+        """Global views at ``px`` x ``px`` from the next batch on (device crops; FFCV-side crops refuse a
+        size other than the one they were built with)."""
+        if self.crops == "ffcv":
+            refuse_global_size(px, self.crop_size, "--loader ffcv with FFCV-side crops")
+        elif px != self.augment.size:
+            self.augment = self.augment.replace(size=px)
+
     def __len__(self) -> int:
         return len(self.loader)
 
@@ -280,8 +297,8 @@ class FFCVLoader:
             local = self.batch_size // self.world  # parameters drawn for the global batch, this rank's rows kept
             return self.augment(images, generator=gen, rows=(self.rank * local, self.batch_size))
         x = images.permute(0, 1, 4, 2, 3).to(torch.float32).div_(255)  # (B, 2, 3, S, S)
-        return tuple(finish(self.augment, self.augment._finish(augment_view(x[:, k], self.colour[k], self.augment.size, gen)))
-                     for k in range(2))
+        return [finish(self.augment, self.augment._finish(augment_view(x[:, k], self.colour[k], self.crop_size, gen)))
+                for k in range(2)]
 
     def __iter__(self):
         self.loader.next_epoch = self.epoch
@@ -290,8 +307,7 @@ class FFCVLoader:
         try:
             for images, labels in it:
                 labels = labels.to(torch.int64, copy=True)  # the buffer is reused by FFCV
-                v1, v2 = self._views(images, gen)
-                yield v1, v2, labels
+                yield self._views(images, gen), labels
         finally:
             _shutdown(it)
 
