@@ -26,7 +26,6 @@ import argparse
 import contextlib
 import io
 import json
-import math
 import os
 import shlex
 import signal
@@ -293,7 +292,10 @@ def summary_markdown(record: dict) -> str:
              "| recipe | method | seed | kNN at budget | kNN before | train_s | steps | images | "
              + ("time to target (s) | " if target else "") + "status |",
              "|---|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if target else "") + "---|"]
-    for r in record["runs"]:
+    methods = list(dict.fromkeys(r["method"] for r in record["runs"]))
+    recipes = list(dict.fromkeys(r["candidate"] for r in record["runs"]))
+    order = lambda r: (methods.index(r["method"]), recipes.index(r["candidate"]), r["seed"])  # noqa: E731
+    for r in sorted(record["runs"], key=order):
         note = r["status"] + (" (stopped before the budget)" if r.get("stopped_early") else "")
         lines.append(f"| {r['candidate']} | {r['method']} | {r['seed']} | {_f(r.get('knn_top1'))} | "
                      f"{_f(r.get('knn_top1_init'))} | {_f(r.get('train_s'), '{:.0f}')} | {_f(r.get('steps'), '{}')} | "
@@ -391,7 +393,8 @@ def parse_args(argv=None):
                                 "Candidates: " + "; ".join(f"{k}: {shlex.join(v) or '(none)'}"
                                                            for k, v in CANDIDATES.items()))
     p.add_argument("--gpu", action="store_true",
-                   help="full CIFAR-10, ResNet-18 width 64, full kNN, target 80%% kNN, speedrun vs default (needs CUDA)")
+                   help="full CIFAR-10, ResNet-18 width 64, full kNN, target 80%% kNN, speedrun vs default "
+                   "(needs CUDA)")
     p.add_argument("--methods", nargs="+", default=["simclr", "dare"], help="(default: %(default)s)")
     p.add_argument("--seeds", nargs="+", type=int, default=None, help="(default: 0 1 on a CPU, 0 with --gpu)")
     p.add_argument("--candidates", nargs="+", default=None,
@@ -411,7 +414,8 @@ def parse_args(argv=None):
     p.add_argument("--runs-dir", type=Path, default=None,
                    help="run folders (default: runs/time_to_accuracy-<fast|gpu>-<device>)")
     p.add_argument("--out", type=Path, default=None,
-                   help="JSON path; .md and .png beside it (default: bench/results/time_to_accuracy-<device>-<stamp>.json)")
+                   help="JSON path; .md and .png beside it "
+                   "(default: bench/results/time_to_accuracy-<device>-<stamp>.json)")
     p.add_argument("--resume", action="store_true", help="skip runs whose summary.json exists (same command)")
     p.add_argument("--dry-run", action="store_true", help="print the commands and the estimated duration, run nothing")
     args = p.parse_args(argv)
