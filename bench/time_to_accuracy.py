@@ -400,7 +400,7 @@ def parse_args(argv=None):
     p.add_argument("--candidates", nargs="+", default=None,
                    help=f"recipes to run, a+b combines two (default: {' '.join(SWEEP)}; with --gpu: default speedrun)")
     p.add_argument("--budget", type=float, default=None,
-                   help="training seconds per run, --time-budget of pretrain.py (default: 240, with --gpu 90)")
+                   help="training seconds per run, --time-budget of pretrain.py (default: 240, with --gpu 75)")
     p.add_argument("--knn-every-steps", type=int, default=None, help="kNN curve resolution (default: 100, --gpu 300)")
     p.add_argument("--target-knn", type=float, default=None,
                    help="stop a run at this kNN top-1 %% (default: off on a CPU, 80 with --gpu; 0 = off)")
@@ -409,7 +409,7 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=None,
                    help="OMP/MKL threads of every run (default: all %d cores)" % (os.cpu_count() or 1))
     p.add_argument("--time-limit", type=float, default=None,
-                   help="seconds for the whole sweep: a run starts only if it fits (default: none, --gpu 510)")
+                   help="seconds for the whole sweep: a run starts only if it fits (default: none, --gpu 470)")
     p.add_argument("--data", default=None, help="dataset location for every run (else $FASTSSL_DATA, cache, download)")
     p.add_argument("--runs-dir", type=Path, default=None,
                    help="run folders (default: runs/time_to_accuracy-<fast|gpu>-<device>)")
@@ -423,11 +423,11 @@ def parse_args(argv=None):
     gpu = args.gpu
     args.seeds = args.seeds if args.seeds is not None else ([0] if gpu else [0, 1])
     args.candidates = args.candidates or (["default", "speedrun"] if gpu else list(SWEEP))
-    args.budget = args.budget if args.budget is not None else (90.0 if gpu else 240.0)
+    args.budget = args.budget if args.budget is not None else (75.0 if gpu else 240.0)
     args.knn_every_steps = args.knn_every_steps if args.knn_every_steps is not None else (300 if gpu else 100)
     args.target_knn = args.target_knn if args.target_knn is not None else (80.0 if gpu else 0.0)
     args.threads = args.threads or os.cpu_count() or 1
-    args.time_limit = args.time_limit if args.time_limit is not None else (510.0 if gpu else None)
+    args.time_limit = args.time_limit if args.time_limit is not None else (470.0 if gpu else None)
     if args.budget <= 0:
         p.error(f"--budget must be > 0 seconds, got {args.budget:g}")
     if args.knn_every_steps < 1:
@@ -494,37 +494,48 @@ def main(argv=None) -> int:
               + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""), file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)  # the recorded environment names the threads every run used
-    t_start, outside = time.perf_counter(), []
+    # bench/run_all.py stops an overrunning piece with SIGTERM: write the report of what finished, as on Ctrl-C
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
-        for i, run in enumerate(todo):
-            guess = statistics.fmean(outside) if outside else overhead
-            timeout = 2 * args.budget + 4 * guess  # a stuck run, not a slow one
-            if args.time_limit is not None:
-                left = args.time_limit - (time.perf_counter() - t_start)
-                if left < args.budget + guess:
-                    print(f"time limit: {len(todo) - i} run(s) not started ({left:.0f} s left of "
-                          f"{args.time_limit:g} s, a run needs ~{args.budget + guess:.0f} s)", flush=True)
-                    break
-                timeout = min(timeout, left)
-            name = run_name(run["method"], run["candidate"], run["seed"])
-            print(f"[{time.perf_counter() - t_start:6.0f} s] run {i + 1}/{len(todo)} {name} ...", flush=True)
-            info = execute(run, args.threads, timeout)
-            rec = read_run(run, args.target_knn or None)
-            if rec.get("train_s") is not None:
-                outside.append(max(0.0, info["job_s"] - rec["train_s"]))
-            print(f"         {info['status']} in {info['job_s']:.0f} s: kNN {_f(rec.get('knn_top1_init'))} -> "
-                  f"{_f(rec.get('knn_top1'))}, {_f(rec.get('steps'), '{}')} steps in "
-                  f"{_f(rec.get('train_s'), '{:.0f}')} s of training"
-                  + ("" if info["status"] == "ok" else f"; see {run['folder'] / LOG}"), flush=True)
+        sweep(args, todo, overhead)
     except KeyboardInterrupt:
         print(f"\ninterrupted; rerun with --resume to continue (finished runs are kept in {args.runs_dir})",
               file=sys.stderr)
         write_report(args, runs, command)
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     record = write_report(args, runs, command)
     failed = [r for r in record["runs"] if r["status"] not in ("ok", "not run")]
     return 1 if failed else 0
 
+
+def _terminate(signum, frame):
+    raise KeyboardInterrupt
+
+
+def sweep(args, todo: list[dict], overhead: float) -> None:
+    """Run ``todo`` one after the other; with a time limit, start a run only if it is expected to fit."""
+    t_start = time.perf_counter()
+    for i, run in enumerate(todo):
+        timeout = 2 * args.budget + 4 * overhead  # a stuck run, not a slow one
+        if args.time_limit is not None:
+            left = args.time_limit - (time.perf_counter() - t_start)
+            if left < args.budget + overhead:
+                print(f"time limit: {len(todo) - i} run(s) not started ({left:.0f} s left of "
+                      f"{args.time_limit:g} s, a run needs ~{args.budget + overhead:.0f} s)", flush=True)
+                return
+            timeout = min(timeout, left)
+        name = run_name(run["method"], run["candidate"], run["seed"])
+        print(f"[{time.perf_counter() - t_start:6.0f} s] run {i + 1}/{len(todo)} {name} ...", flush=True)
+        info = execute(run, args.threads, timeout)
+        rec = read_run(run, args.target_knn or None)
+        if rec.get("train_s") is not None:  # the latest run predicts the next best (compile caches warm up)
+            overhead = max(0.0, info["job_s"] - rec["train_s"])
+        print(f"         {info['status']} in {info['job_s']:.0f} s: kNN {_f(rec.get('knn_top1_init'))} -> "
+              f"{_f(rec.get('knn_top1'))}, {_f(rec.get('steps'), '{}')} steps in "
+              f"{_f(rec.get('train_s'), '{:.0f}')} s of training"
+              + ("" if info["status"] == "ok" else f"; see {run['folder'] / LOG}"), flush=True)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -3,7 +3,9 @@ report (JSON, markdown, PNG) from synthetic run folders, --dry-run, and the subp
 import argparse
 import importlib.util
 import json
+import os
 import shlex
+import signal
 import sys
 from pathlib import Path
 
@@ -80,13 +82,13 @@ def test_combined_candidates_and_their_refusals():
 def test_gpu_mode_is_full_size_speedrun_against_default_with_a_target(tmp_path):
     args = args_for(tmp_path, "--gpu")
     assert (args.candidates, args.seeds, args.target_knn) == (["default", "speedrun"], [0], 80.0)
-    assert (args.budget, args.time_limit) == (90.0, 510.0)
+    assert (args.budget, args.time_limit) == (75.0, 470.0)
     runs = tta.plan(args)
     assert [(r["method"], r["candidate"]) for r in runs] == [("simclr", "default"), ("simclr", "speedrun"),
                                                              ("dare", "default"), ("dare", "speedrun")]
     for run in runs:
         ns = parse(run)
-        assert not ns.fast and ns.target_knn == "80" and ns.time_budget == "90"
+        assert not ns.fast and ns.target_knn == "80" and ns.time_budget == "75"
         assert (ns.dataset, ns.encoder, ns.width, ns.train_subset, ns.knn_bank, ns.knn_queries, ns.device) == \
             ("cifar10", "resnet18", "64", "0", "0", "0", "cuda")
         assert (ns.recipe == "speedrun") == (run["candidate"] == "speedrun")
@@ -307,6 +309,28 @@ def test_time_limit_starts_only_runs_that_fit(tmp_path, monkeypatch, capsys):
     assert [g["gain_per_seed"] for g in record["gains"]] == [[4.5]]
     calls.clear()
     assert tta.main(base + ["--resume", "--time-limit", "150"]) == 0 and calls == []  # 100 + 90 > 150
+
+
+def test_sigterm_mid_sweep_writes_the_report_of_finished_runs(tmp_path, monkeypatch, capsys):
+    """bench/run_all.py stops an overrunning piece with SIGTERM: what finished is still reported."""
+    calls, finish = [], fake_execute([])
+
+    def execute(run, threads, timeout):
+        calls.append(run["candidate"])
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # arrives while the second run trains
+        return finish(run, threads, timeout)
+
+    monkeypatch.setattr(tta, "execute", execute)
+    monkeypatch.setattr(tta, "pretrain_parser", pinned_parser)
+    before = signal.getsignal(signal.SIGTERM)
+    out = tmp_path / "tta.json"
+    assert tta.main(["--runs-dir", str(tmp_path / "runs"), "--out", str(out), "--candidates", "default",
+                     "multicrop", "--methods", "simclr", "--seeds", "0"]) == 130
+    assert calls == ["default", "multicrop"] and "rerun with --resume" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) is before
+    record = json.loads(out.read_text())
+    assert [r["status"] for r in record["runs"]] == ["ok", "not run"]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without CUDA")
