@@ -138,6 +138,8 @@ def child_env(threads: int) -> dict:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         env[var] = str(threads)
+    if env.get("FASTSSL_DATA"):  # the runs start in the repository root
+        env["FASTSSL_DATA"] = os.path.abspath(env["FASTSSL_DATA"])
     return env
 
 
@@ -164,7 +166,7 @@ def execute(run: dict, threads: int, timeout: float) -> dict:
         (folder / stale).unlink(missing_ok=True)
     load = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
     info = dict(argv=run["argv"], candidate=run["candidate"], candidate_args=candidate_args(run["candidate"]),
-                threads=threads, load_average_start=load, status="running")
+                threads=threads, load_average_start=load, commit=git_commit(), status="running")
     (folder / RUN_INFO).write_text(json.dumps(info, indent=2) + "\n")
     t0 = time.perf_counter()
     with open(folder / LOG, "w") as log:
@@ -189,12 +191,25 @@ def execute(run: dict, threads: int, timeout: float) -> dict:
 
 
 def _stop(proc: subprocess.Popen) -> None:
-    os.killpg(proc.pid, signal.SIGTERM)
     try:
+        os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=15)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    except ProcessLookupError:  # it had already ended
+        pass
+    proc.wait()
+
+
+def git_commit() -> str | None:
+    """The checkout's commit (+ "-dirty"), so that a figure can be traced to the code that made it."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")) if head.returncode == 0 else None
 
 
 # ---- reading the runs -----------------------------------------------------------------------------
@@ -208,7 +223,7 @@ def read_run(run: dict, target: float | None = None) -> dict:
     if info.exists():
         i = json.loads(info.read_text())
         rec.update(status=i.get("status", "?"), command="python " + shlex.join(i["argv"]),
-                   load_average_start=i.get("load_average_start"), threads=i.get("threads"))
+                   load_average_start=i.get("load_average_start"), threads=i.get("threads"), commit=i.get("commit"))
     if (folder / METRICS).exists():
         rows = [json.loads(line) for line in (folder / METRICS).read_text().splitlines() if line.strip()]
         knn_rows = [r for r in rows if r.get("event") == "knn"]
@@ -277,6 +292,10 @@ def winners(gain_rows: list[dict], methods: list[str]) -> list[str]:
 
 # ---- the report -----------------------------------------------------------------------------------
 
+def _runs(n: int) -> str:
+    return f"{n} run" + ("" if n == 1 else "s")
+
+
 def _f(x, fmt="{:.2f}", missing="-"):
     return missing if x is None else fmt.format(x)
 
@@ -314,6 +333,10 @@ def summary_markdown(record: dict) -> str:
                          f"{g['mean_gain']:+.2f} | {', '.join(f'{x:+.2f}' for x in g['gain_per_seed'])} | "
                          f"{'yes' if g['meets_target'] else 'no'} |"
                          + (f" {_f(g.get('time_to_target_speedup'), '{:.2f}x')} |" if target else ""))
+    commits = [r["commit"][:12] for r in record["runs"] if r.get("commit")]
+    if len(set(commits)) > 1:  # e.g. speedrun measured after it was set: say so next to the numbers
+        lines += ["", f"The runs come from {len(set(commits))} commits: "
+                  + ", ".join(f"{c} ({_runs(commits.count(c))})" for c in dict.fromkeys(commits)) + "."]
     if record.get("winners") is not None:
         lines += ["", "Single changes with a positive mean gain for every method: "
                   + (", ".join(record["winners"]) if record["winners"] else "none") + "."
@@ -367,7 +390,7 @@ def build_record(args, runs: list[dict], command: str) -> dict:
     settings = dict(mode="gpu" if args.gpu else "fast", budget=args.budget, knn_every_steps=args.knn_every_steps,
                     target_knn=target, threads=args.threads, methods=args.methods, seeds=args.seeds,
                     candidates=args.candidates, runs_dir=str(args.runs_dir), pretrain_args=args.pretrain_args,
-                    time_limit=args.time_limit)
+                    time_limit=args.time_limit, commit=git_commit())
     return dict(benchmark="time_to_accuracy", environment=environment(command), settings=settings,
                 candidate_args={c: candidate_args(c) for c in args.candidates}, runs=records, gains=gain_rows,
                 winners=winners(gain_rows, args.methods))
@@ -446,7 +469,9 @@ def parse_args(argv=None):
     except SweepError as e:
         p.error(str(e))
     tag = device_tag()
-    args.runs_dir = args.runs_dir or ROOT / "runs" / f"time_to_accuracy-{'gpu' if gpu else 'fast'}-{tag}"
+    # runs start in the repository root: paths given relative to where this script was started are made absolute
+    args.runs_dir = (args.runs_dir or ROOT / "runs" / f"time_to_accuracy-{'gpu' if gpu else 'fast'}-{tag}").resolve()
+    args.data = os.path.abspath(args.data) if args.data else None
     args.out = args.out or RESULTS / f"time_to_accuracy-{tag}-{stamp()}.json"
     return args
 
@@ -479,7 +504,7 @@ def main(argv=None) -> int:
     parser = pretrain_parser()
     problems = check_commands(todo, parser) if parser is not None else []
     env_line = f"OMP_NUM_THREADS={args.threads} MKL_NUM_THREADS={args.threads}"
-    print(f"time to accuracy ({'gpu' if args.gpu else 'fast'}): {len(runs)} runs ({len(runs) - len(todo)} finished), "
+    print(f"time to accuracy ({'gpu' if args.gpu else 'fast'}): {_runs(len(runs))} ({len(runs) - len(todo)} finished), "
           f"{args.budget:g} s training each; about {estimate_s(args, len(todo), overhead) / 60:.0f} min left "
           f"(~{overhead:.0f} s a run outside the budget); run folders in {args.runs_dir}", flush=True)
     if args.dry_run:

@@ -136,11 +136,11 @@ KNN = {("simclr", "default"): (40.0, 42.0), ("simclr", "multicrop"): (44.5, 45.0
        ("dare", "multicrop"): (41.0, 43.0), ("dare", "progressive"): (38.5, 40.0)}
 
 
-def write_run(run, knn_final, budget=240.0, train_s=None, status="ok", target=None, curve=None):
+def write_run(run, knn_final, budget=240.0, train_s=None, status="ok", target=None, curve=None, commit="c0ffee"):
     """A finished run folder as pretrain.py (contract item 6) and the runner leave it."""
     folder = Path(run["folder"])
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / tta.RUN_INFO).write_text(json.dumps(dict(argv=run["argv"], status=status, threads=2)))
+    (folder / tta.RUN_INFO).write_text(json.dumps(dict(argv=run["argv"], status=status, threads=2, commit=commit)))
     train_s = budget if train_s is None else train_s
     curve = curve or [(0.4 * train_s, knn_final - 4.0), (0.8 * train_s, knn_final - 1.0), (train_s, knn_final)]
     rows = [dict(event="epoch", epoch=1, step=100, loss=5.0, lr=0.1, images_per_s=200.0, epoch_s=50.0,
@@ -262,13 +262,15 @@ def test_resume_skips_finished_runs_and_refuses_foreign_ones(tmp_path, monkeypat
     base = ["--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "tta.json"), "--candidates", "default",
             "multicrop", "--methods", "simclr"]
     runs = tta.plan(tta.parse_args(base))
-    write_run(runs[0], 40.0)  # simclr-default-s0 finished before an interruption
+    write_run(runs[0], 40.0, commit="0ldc0de")  # simclr-default-s0 finished before an interruption
     write_run(runs[3], 45.0)  # simclr-multicrop-s1
     assert tta.main(base) == 2 and "pass --resume" in capsys.readouterr().err and calls == []
     assert tta.main(base + ["--resume"]) == 0
     assert calls == ["simclr-multicrop-s0", "simclr-default-s1"]
     record = json.loads((tmp_path / "tta.json").read_text())
     assert [r["knn_top1"] for r in record["runs"]] == [40.0, 44.5, 42.0, 45.0]
+    md = (tmp_path / "tta.md").read_text()
+    assert "The runs come from 2 commits: 0ldc0de (1 run), c0ffee (3 runs)." in md
     # a finished folder that another command wrote (here: another budget) is not silently reused
     calls.clear()
     assert tta.main(base + ["--resume", "--budget", "60"]) == 2
@@ -353,6 +355,7 @@ def test_execute_pins_threads_records_and_stops_an_overrun(tmp_path):
     assert json.loads((folder / tta.SUMMARY).read_text())["omp"] == "3" and not (folder / tta.METRICS).exists()
     recorded = json.loads((folder / tta.RUN_INFO).read_text())
     assert recorded["argv"] == run["argv"] and recorded["status"] == "ok" and recorded["threads"] == 3
+    assert recorded["commit"] == tta.git_commit() and recorded["load_average_start"] is not None
     assert tta.run_status(run) == "done"
     assert "$ -c" in (folder / tta.LOG).read_text()
 
