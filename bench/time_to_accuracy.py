@@ -323,7 +323,8 @@ def summary_markdown(record: dict) -> str:
                      + f"{note} |")
     if record["gains"]:
         lines += ["", "kNN gain over `default` at the same budget, paired by seed (same data and evaluation "
-                  "subsets)" + (f"; speedup = default's time to {target:g}% over the recipe's, where both reached it"
+                  "subsets)" + (f"; a run stops when it reaches {target:g}%, so there the gain compares final kNN "
+                                f"and speedup = default's time to {target:g}% over the recipe's, where both reached it"
                                 if target else "") + ":", "",
                   "| recipe | method | seeds | mean gain | per seed | >= "
                   f"{record['gains'][0]['target_gain']:g} on >= 2 seeds |" + (" speedup |" if target else ""),

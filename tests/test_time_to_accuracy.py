@@ -335,6 +335,22 @@ def test_sigterm_mid_sweep_writes_the_report_of_finished_runs(tmp_path, monkeypa
     assert [r["status"] for r in record["runs"]] == ["ok", "not run"]
 
 
+def test_gpu_report_has_time_to_target_and_speedup(tmp_path):
+    args = args_for(tmp_path, "--gpu", "--methods", "dare")
+    default, speedrun = tta.plan(args)
+    write_run(default, 80.4, budget=75.0, train_s=60.0, target=80.0, curve=[(30.0, 71.0), (60.0, 80.4)])
+    write_run(speedrun, 81.0, budget=75.0, train_s=40.0, target=80.0, curve=[(20.0, 74.0), (40.0, 81.0)])
+    record = tta.build_record(args, [default, speedrun], "python bench/time_to_accuracy.py --gpu")
+    assert [r["time_to_target_s"] for r in record["runs"]] == [60.0, 40.0]
+    assert not any(r["stopped_early"] for r in record["runs"])  # ended at the target, not short of the budget
+    md = tta.summary_markdown(record)
+    assert "target 80% kNN" in md and "| time to target (s) |" in md
+    assert "| speedrun | dare | 0 | 81.00 | 28.00 | 40 | 300 | 38,400 | 40 | ok |" in md
+    assert "| speedrun | dare | 0 | +0.60 | +0.60 | no | 1.50x |" in md
+    tta.chart(record, tmp_path / "gpu.png")
+    assert (tmp_path / "gpu.png").read_bytes()[:4] == b"\x89PNG"
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without CUDA")
 def test_gpu_mode_refuses_without_cuda(tmp_path, capsys):
     assert tta.main(["--gpu", "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "t.json")]) == 2
