@@ -412,7 +412,7 @@ def parse_args(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     extra = argv[argv.index("--") + 1:] if "--" in argv else []  # passed unchanged to every pretrain.py
     argv = argv[:argv.index("--")] if "--" in argv else argv
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="time_to_accuracy.py", description=__doc__.split("\n\n")[0],
                                 epilog="Arguments after -- go to every scripts/pretrain.py run unchanged. "
                                 "Candidates: " + "; ".join(f"{k}: {shlex.join(v) or '(none)'}"
                                                            for k, v in CANDIDATES.items()))
@@ -450,7 +450,7 @@ def parse_args(argv=None):
     args.budget = args.budget if args.budget is not None else (75.0 if gpu else 240.0)
     args.knn_every_steps = args.knn_every_steps if args.knn_every_steps is not None else (300 if gpu else 100)
     args.target_knn = args.target_knn if args.target_knn is not None else (80.0 if gpu else 0.0)
-    args.threads = args.threads or os.cpu_count() or 1
+    args.threads = args.threads if args.threads is not None else os.cpu_count() or 1
     args.time_limit = args.time_limit if args.time_limit is not None else (470.0 if gpu else None)
     if args.budget <= 0:
         p.error(f"--budget must be > 0 seconds, got {args.budget:g}")
@@ -460,6 +460,10 @@ def parse_args(argv=None):
         p.error(f"--target-knn is a percentage in [0, 100], got {args.target_knn:g}")
     if args.threads < 1:
         p.error(f"--threads must be >= 1, got {args.threads}")
+    from fastssl import methods
+    unknown = [m for m in args.methods if m not in methods.available()]
+    if unknown:
+        p.error(f"unknown method(s) {', '.join(unknown)}; methods: {', '.join(methods.available())}")
     if "default" not in args.candidates:
         p.error("--candidates must include default: every gain is measured against it")
     if len(set(args.candidates)) != len(args.candidates) or len(set(args.seeds)) != len(args.seeds):
