@@ -53,6 +53,7 @@ from .schedule import lr_at, lr_at_progress, parse_res_schedule, resolution_at
 
 LOG_EVERY_S = 30.0          # without a terminal: one plain progress line this often (and at each epoch end)
 CHECKPOINT_EVERY_S = 600.0  # a mid-epoch checkpoint after this many training seconds without one
+PLOT_EVERY_S = 60.0         # curves.png is redrawn at an epoch end at most this often (drawing takes ~1 s), and at the end
 SYNC_EVERY_STEPS = 8        # CUDA or several processes: read (and agree on) the clock this often
 PROGRESS_STEPS = 1_000_000  # budget mode: Method.on_step sees progress as (round(p * this), this)
 
@@ -352,12 +353,16 @@ def _train(cfg: Config, device: torch.device) -> dict | None:
         atomic_save(state, ckpt_path)  # the unwrapped method (no DDP "module." prefix): resumable on any ranks
         st["saved"] = True
 
-    def report() -> None:
-        """metrics.jsonl and curves.png (not charged to the training clock)."""
+    last_plot = [time.perf_counter()]
+
+    def report(final: bool = False) -> None:
+        """metrics.jsonl, and curves.png now and then and at the end (not charged to the training clock)."""
         with clock.paused():
             write_text("".join(json.dumps(r) + "\n" for r in st["metrics"]), out / "metrics.jsonl")
-            from .plots import plot_curves
-            plot_curves(st["metrics"], out / "curves.png", title=f"{cfg.method} {cfg.dataset} {cfg.encoder}")
+            if final or time.perf_counter() - last_plot[0] >= PLOT_EVERY_S:
+                from .plots import plot_curves
+                plot_curves(st["metrics"], out / "curves.png", title=f"{cfg.method} {cfg.dataset} {cfg.encoder}")
+                last_plot[0] = time.perf_counter()
 
     def progress(train_s: float) -> float:
         return min(1.0, train_s / budget) if budget else min(1.0, st["step"] / max(1, total_steps))
@@ -367,7 +372,14 @@ def _train(cfg: Config, device: torch.device) -> dict | None:
     st["saved"] = ckpt is not None
     train_s = _agree(clock.read(), device)
     last_log, last_ckpt = train_s, train_s
-    global_px = None
+    global_px = [None]
+
+    def set_global_size(p: float) -> None:
+        """Progressive resolution: the loader renders global crops at the schedule's size from the next batch."""
+        px = resolution_at(res_schedule, p, full=cfg.resolution)
+        if res_schedule and px != global_px[0] and hasattr(loader, "set_global_size"):
+            loader.set_global_size(px)
+        global_px[0] = px
     stopped = "budget" if budget and train_s >= budget else "target" if st["time_to_target_s"] else None
     lr = lr_at_progress(progress(train_s), warmup_frac, peak_lr) if budget else lr_at(st["step"], total_steps, warmup_steps, peak_lr)
 
@@ -387,12 +399,9 @@ def _train(cfg: Config, device: torch.device) -> dict | None:
             next(batches)
         label = f"epoch {epoch + 1}" + ("" if budget else f"/{cfg.epochs}")
         bar = tqdm(batches, desc=label, total=steps_per_epoch, initial=skip, disable=not bars, leave=False, unit="step")
+        set_global_size(progress(train_s))
         for i, (v1, v2, y) in enumerate(bar, start=skip):
             p = progress(train_s)
-            px = resolution_at(res_schedule, p, full=cfg.resolution)
-            if px != global_px and res_schedule and hasattr(loader, "set_global_size"):
-                loader.set_global_size(px)  # from the next batch on
-            global_px = px
             lr = lr_at_progress(p, warmup_frac, peak_lr) if budget else lr_at(st["step"], total_steps, warmup_steps, peak_lr)
             for group in opt.param_groups:
                 group["lr"] = peak_lr if group.get("fixed_lr") else lr
@@ -423,6 +432,7 @@ def _train(cfg: Config, device: torch.device) -> dict | None:
                 train_s = _agree(clock.read(), device)
                 if budget and train_s >= budget:
                     stopped = "budget"
+            set_global_size(progress(train_s))  # before the next batch is drawn
             top1 = None
             if cfg.knn_every_steps and st["step"] % cfg.knn_every_steps == 0:
                 top1 = measure_knn(epoch + (i + 1) / steps_per_epoch, st["step"]) if main else None
@@ -486,7 +496,7 @@ def _train(cfg: Config, device: torch.device) -> dict | None:
         if epoch_rows and epoch_rows[-1]["step"] == st["step"]:
             epoch_rows[-1]["knn_top1"] = st["history"][-1]["knn_top1"] = top1
         save(st["epoch_loss"])
-    report()
+    report(final=True)
     linear = None
     if cfg.linear_eval and evaluator is not None:
         t0 = _now()
