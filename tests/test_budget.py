@@ -99,6 +99,7 @@ def test_budget_schedule_ends_with_the_budget(tmp_path, tiny_folder, fake_clock)
     assert [r["step"] for r in rows_of(out, "knn")] == [0, 20]
 
 
+@pytest.mark.slow  # three short runs
 def test_budget_resume_continues_where_it_stopped(tmp_path, tiny_folder, fake_clock, monkeypatch):
     monkeypatch.setattr(train_mod, "CHECKPOINT_EVERY_S", 0.3)  # mid-epoch checkpoints every ~3 steps
     args = ("--time-budget", "2.5", "--epochs", "2", "--warmup-epochs", "0.5")
@@ -171,10 +172,11 @@ def test_res_schedule_sets_the_global_size(tmp_path, tiny_folder, monkeypatch):
 
 def test_each_resolution_compiles_once():
     from torch._dynamo.testing import CompileCounter
-    from fastssl.models import build_encoder
     torch._dynamo.reset()
     counter = CompileCounter()
-    net = torch.nn.Sequential(build_encoder("resnet18", 4), torch.nn.Linear(32, 8))
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                              torch.nn.Conv2d(4, 8, 3, stride=2), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                              torch.nn.Linear(8, 8))
     model = train_mod.compile_model(net, backend=counter, shapes=3)
 
     def step(px):
