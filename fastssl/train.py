@@ -310,19 +310,20 @@ def _train(cfg: Config, device: torch.device) -> dict | None:
         """One kNN measurement (rank 0; paused clock) recorded as a metrics row."""
         if evaluator is None:
             return None
-        t0 = _now()
+        t0, at = _now(), clock.read()
         with clock.paused():
             top1 = evaluator.knn(method.encoder)
         eval_s["knn"] += _now() - t0
         st["metrics"].append(dict(event="knn", epoch=epoch, step=step, images=step * cfg.batch_size,
-                                  train_s=clock.read(), wall_s=wall(), knn_top1=top1))
+                                  train_s=at, wall_s=wall(), knn_top1=top1))
         if tb is not None:
             tb.add_scalar("knn/top1", top1, step)
         return top1
 
     def target_reached(top1: float | None) -> bool:
         if cfg.target_knn and top1 is not None and top1 >= cfg.target_knn and st["time_to_target_s"] is None:
-            st["time_to_target_s"], st["images_to_target"] = clock.read(), st["step"] * cfg.batch_size
+            st["time_to_target_s"] = st["metrics"][-1]["train_s"]  # when the model that reached it was trained
+            st["images_to_target"] = st["step"] * cfg.batch_size
             log(f"kNN top-1 {top1:.2f}% reached the target {cfg.target_knn:g}% after {st['time_to_target_s']:.1f} "
                 f"training seconds, {st['images_to_target']} images")
         return st["time_to_target_s"] is not None
@@ -373,6 +374,8 @@ def _train(cfg: Config, device: torch.device) -> dict | None:
     train_s = _agree(clock.read(), device)
     last_log, last_ckpt = train_s, train_s
     global_px = [None]
+    if res_schedule and not hasattr(loader, "set_global_size") and main:
+        log(f"note: the {cfg.loader} loader cannot change the crop size: --res-schedule is ignored")
 
     def set_global_size(p: float) -> None:
         """Progressive resolution: the loader renders global crops at the schedule's size from the next batch."""
@@ -454,7 +457,8 @@ def _train(cfg: Config, device: torch.device) -> dict | None:
         batches_done = st["batch"]
         epoch_train_s = train_s - epoch_t0
         whole = st["batch"] == steps_per_epoch
-        row = dict(event="epoch", epoch=epoch + 1, step=st["step"],
+        row = dict(event="epoch", epoch=epoch + 1 if whole else round(epoch + batches_done / steps_per_epoch, 4),
+                   step=st["step"],
                    loss=distributed.all_reduce_mean(loss_sum).item() / max(1, batches_done), lr=lr,
                    images_per_s=batches_done * cfg.batch_size / max(1e-9, epoch_train_s),
                    epoch_s=epoch_train_s, train_s=train_s, wall_s=wall(), knn_top1=None)
@@ -488,6 +492,7 @@ def _train(cfg: Config, device: torch.device) -> dict | None:
         last_ckpt = train_s
         report()
 
+    train_s = clock.read()  # the training seconds of the run (not what follows: final kNN, probe, reports)
     if not main:
         return None
     if evaluator is not None and last_knn_step != st["step"]:  # the final kNN of a run stopped by its budget
@@ -507,7 +512,7 @@ def _train(cfg: Config, device: torch.device) -> dict | None:
     summary = dict(method=cfg.method, dataset=cfg.dataset, encoder=cfg.encoder,
                    epochs=cfg.epochs if finished_epochs == cfg.epochs else round(finished_epochs, 3),
                    steps=st["step"], images_seen=st["step"] * cfg.batch_size, wall_s=wall(),
-                   train_s=clock.read(), eval_s=eval_s["knn"] + eval_s["linear"], knn_s=eval_s["knn"],
+                   train_s=train_s, eval_s=eval_s["knn"] + eval_s["linear"], knn_s=eval_s["knn"],
                    linear_s=eval_s["linear"], time_budget_s=budget or None, target_knn=cfg.target_knn or None,
                    time_to_target_s=st["time_to_target_s"], images_to_target=st["images_to_target"],
                    stopped_by=stopped or "epochs", device=_device_name(device, world),

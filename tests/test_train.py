@@ -278,3 +278,15 @@ def test_fast_preset_and_recipe_resolution():
     assert cfg.width == 32 and cfg.dare_lambda == 0.0
     cfg = resolve(parse_args(["--method", "simclr", "--device", "cpu"]))
     assert cfg.optimizer == methods.get_method("simclr").recipe["optimizer"] and cfg.amp == "off"
+
+
+def test_linear_eval_refuses_an_unsafe_checkpoint(tmp_path, capsys):
+    from fastssl.cli import linear_eval_main
+    marker = tmp_path / "pwned"
+    with open(tmp_path / "checkpoint.pt", "wb") as f:
+        pickle.dump({"method": _CreatesFile(marker), "config": {}}, f)
+    assert linear_eval_main(["--ckpt", str(tmp_path / "checkpoint.pt"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not a fastssl checkpoint" in err and not marker.exists()
+    assert linear_eval_main(["--ckpt", str(tmp_path / "missing.pt"), "--device", "cpu"]) == 2
+    assert "no checkpoint" in capsys.readouterr().err
