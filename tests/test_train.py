@@ -290,3 +290,10 @@ def test_linear_eval_refuses_an_unsafe_checkpoint(tmp_path, capsys):
     assert err.count("\n") == 1 and "not a fastssl checkpoint" in err and not marker.exists()
     assert linear_eval_main(["--ckpt", str(tmp_path / "missing.pt"), "--device", "cpu"]) == 2
     assert "no checkpoint" in capsys.readouterr().err
+
+
+def test_tensorboard_missing_is_a_one_line_error(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import now raises ImportError
+    assert main(["--method", "simclr", "--device", "cpu", "--log", "tensorboard"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "fastssl[tensorboard]" in err
