@@ -138,7 +138,8 @@ HELP = dict(
     knn_bank="kNN bank: this many train images (0 = all)", knn_queries="kNN queries: this many test images "
     "(0 = all)", linear_eval="linear probe after training", out="output folder (default runs/METHOD-DATASET"
     "-ENCODER)",
-    time_budget="train for this many seconds of training time (evaluation not charged); warmup and cosine decay "
+    time_budget="train for this many seconds of training time (evaluation and checkpoint writes not charged); "
+    "warmup and cosine decay "
     "run over the fraction of the budget spent (warmup fraction = warmup-epochs/epochs) and the run stops when "
     "it is spent; --epochs then only sets that fraction (0 = off: train --epochs)",
     target_knn="stop as soon as the kNN monitor reaches this top-1 (percent; needs --knn-every-steps or "

@@ -8,7 +8,7 @@ Two ways to say how long to train:
 - ``time_budget`` seconds: progress p = training seconds spent / budget, the lr warms up over the first
   ``warmup_epochs / epochs`` of p and decays over the rest, and the run stops when p reaches 1 (epochs
   then only set that fraction). Training seconds exclude evaluation (kNN monitor, probe) and writing
-  metrics/plots; they include checkpoint writes. On CUDA (or with several processes) the clock is read
+  checkpoints, metrics and plots (``wall_s`` counts everything). On CUDA (or with several processes) the clock is read
   after a device sync every ``SYNC_EVERY_STEPS`` steps (and agreed over ranks), so the lr and the stop
   lag the true time by at most that many steps; on a single CPU process it is read every step.
 
@@ -351,7 +351,8 @@ def _train(cfg: Config, device: torch.device) -> dict | None:
                      norm_std=[float(v) for v in ds.std], config=dataclasses.asdict(cfg))
         if device.type == "cuda":
             state["rng_cuda"] = torch.cuda.get_rng_state(device)
-        atomic_save(state, ckpt_path)  # the unwrapped method (no DDP "module." prefix): resumable on any ranks
+        with clock.paused():  # checkpoint writes are not training: not charged to the budget (wall_s has them)
+            atomic_save(state, ckpt_path)  # the unwrapped method (no DDP "module." prefix): resumable on any ranks
         st["saved"] = True
 
     last_plot = [time.perf_counter()]

@@ -229,3 +229,50 @@ def test_unlabelled_images_train_and_skip_evaluation(tmp_path, tiny_folder, caps
                  *TINY, "--epochs", "1", "--eval-data", str(tiny_folder)]) == 0
     summary = json.loads((tmp_path / "e" / "summary.json").read_text())
     assert 0 <= summary["knn_top1"] <= 100
+
+
+def test_unlabelled_images_train_side_with_a_stand_in_reader(tmp_path, tiny_folder, monkeypatch, capsys):
+    """The train side of --dataset images / --eval-data against the data_prep contract (labeled, keyword
+    arguments), with a stand-in reader: runs on branches whose data_prep lacks the images reader."""
+    from types import SimpleNamespace
+    real_load = train_mod.load_dataset
+    calls = []
+
+    def stand_in(name, data=None, **kw):
+        calls.append((name, str(data), kw))
+        if name != "images":
+            return real_load(name, data)
+        cifar = real_load("cifar10", tiny_folder, verbose=False)
+        if str(data) == str(tiny_folder):  # the labelled folder
+            return SimpleNamespace(**{k: getattr(cifar, k) for k in ("train_x", "train_y", "test_x", "test_y",
+                                   "classes", "num_classes", "mean", "std")}, name="images", source=str(data),
+                                   labeled=True)
+        return SimpleNamespace(name="images", source=str(data), train_x=cifar.train_x,
+                               train_y=np.full(len(cifar.train_y), -1), test_x=cifar.test_x[:0],
+                               test_y=cifar.test_y[:0], classes=[], num_classes=0, mean=cifar.mean, std=cifar.std,
+                               labeled=False)
+
+    monkeypatch.setattr(train_mod, "load_dataset", stand_in)
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    base = ["--dataset", "images", "--data", str(flat), *TINY, "--epochs", "1", "--resolution", "32", "--strict"]
+    assert main(["--method", "simclr", "--out", str(tmp_path / "u"), *base]) == 0
+    assert calls[0] == ("images", str(flat), {"resolution": 32, "strict": True})
+    assert "no class labels" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "u" / "summary.json").read_text())
+    assert summary["steps"] == 5 and summary["knn_top1"] is None and summary["knn_top1_init"] is None
+    assert not rows_of(tmp_path / "u", "knn") and (tmp_path / "u" / "curves.png").is_file()
+    for method in ("supcon", "triplet"):  # supervised methods refuse unlabelled data in one line
+        assert main(["--method", method, "--out", str(tmp_path / method), *base]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "no class labels" in err and not (tmp_path / method).exists()
+    assert main(["--method", "simclr", "--out", str(tmp_path / "t"), *base, "--target-knn", "50",
+                 "--knn-every-steps", "2"]) == 2  # a target needs labels to measure
+    capsys.readouterr()
+    assert main(["--method", "simclr", "--out", str(tmp_path / "e"), *base, "--eval-data", str(tiny_folder)]) == 0
+    summary = json.loads((tmp_path / "e" / "summary.json").read_text())
+    assert 0 <= summary["knn_top1_init"] <= 100 and 0 <= summary["knn_top1"] <= 100
+    assert calls[-1] == ("images", str(tiny_folder), {"resolution": 32, "strict": True})
+    # --eval-data must be labelled
+    assert main(["--method", "simclr", "--out", str(tmp_path / "x"), *base, "--eval-data", str(flat)]) == 2
+    assert "--eval-data" in capsys.readouterr().err
