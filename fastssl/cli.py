@@ -59,12 +59,10 @@ def linear_eval_main(argv=None) -> int:
     p.add_argument("--train-subset", type=int, default=0, help="train images for the probe, 0 = all (default: 0)")
     p.add_argument("--test-subset", type=int, default=0, help="test images, 0 = all (default: 0)")
     args = p.parse_args(argv)
-    from data_prep import load_dataset
-
     from .checkpoint import CheckpointError, load_checkpoint, resolve_path
     from .config import config_from_checkpoint
     from .models import build_encoder
-    from .train import Evaluator
+    from .train import Evaluator, RunError, _load_data
 
     try:
         path = resolve_path(args.ckpt)
@@ -79,12 +77,17 @@ def linear_eval_main(argv=None) -> int:
     encoder = build_encoder(cfg.encoder, cfg.width)
     encoder.load_state_dict({k[len("encoder."):]: v for k, v in ckpt["method"].items() if k.startswith("encoder.")})
     encoder.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
-    try:
-        ds = load_dataset(cfg.dataset, cfg.data)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    evaluator = Evaluator(ds, cfg, torch.device(device))
+    try:  # the training set (its normalisation) and the labelled set to probe on (--eval-data of the run)
+        ds, eval_ds = _load_data(dataclasses.replace(cfg, target_knn=0.0), False, print)
+    except (DataError, RunError) as e:
+        print(f"linear_eval.py: error: {e}", file=sys.stderr)
+        return 2
+    if eval_ds is None:
+        print(f"linear_eval.py: error: {cfg.data} has no class labels and the run named no --eval-data",
+              file=sys.stderr)
+        return 2
+    evaluator = Evaluator(eval_ds, cfg, torch.device(device), mean=ckpt.get("norm_mean", ds.mean),
+                          std=ckpt.get("norm_std", ds.std))
     print(f"linear probe: {len(evaluator.bank_y)} train / {len(evaluator.query_y)} test images of {ds.name}")
     top1 = evaluator.linear(encoder)
     print(f"linear top-1: {top1:.2f}%")
