@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from data_prep import DataError, load_dataset
+from data_prep import load_dataset
 
 from . import distributed, methods
 from .augment import TwoViewAugment, policy_pair
