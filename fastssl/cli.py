@@ -20,15 +20,13 @@ def main(argv=None) -> int:
         if main_rank:
             print(f"pretrain.py: error: {e}", file=sys.stderr)
         return 2
-    from .train import ResumeError, TrainingDiverged, train
+    from .checkpoint import CheckpointError
+    from .train import RunError, TrainingDiverged, train
     if main_rank:
         print("config: " + ", ".join(f"{k}={v}" for k, v in vars(cfg).items()))
     try:
         summary = train(cfg)
-    except (DataError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except ResumeError as e:
+    except (DataError, FileNotFoundError, CheckpointError, RunError) as e:  # bad input: one line, exit code 2
         print(f"pretrain.py: error: {e}", file=sys.stderr)
         return 2
     except TrainingDiverged as e:
@@ -39,8 +37,10 @@ def main(argv=None) -> int:
         return 130
     if summary is None:  # a data-parallel rank other than 0: rank 0 reports
         return 0
-    lin = summary["linear_top1"]
-    print(f"done in {summary['wall_s']:.0f} s: kNN top-1 {summary['knn_top1_init']:.2f}% -> {summary['knn_top1']:.2f}%"
+    lin, knn0, knn = summary["linear_top1"], summary["knn_top1_init"], summary["knn_top1"]
+    print(f"done in {summary['wall_s']:.0f} s ({summary['train_s']:.0f} s training, {summary['eval_s']:.0f} s "
+          f"evaluation, {summary['steps']} steps)"
+          + (f": kNN top-1 {knn0:.2f}% -> {knn:.2f}%" if knn is not None and knn0 is not None else "")
           + (f", linear top-1 {lin:.2f}%" if lin is not None else "") + f"; results in {cfg.out}/summary.json")
     return 0
 
@@ -50,8 +50,6 @@ def linear_eval_main(argv=None) -> int:
     import argparse
     import dataclasses
     import json
-    from pathlib import Path
-
     import torch
 
     p = argparse.ArgumentParser(prog="linear_eval.py", description="Linear probe on frozen, precomputed features.")
@@ -61,21 +59,17 @@ def linear_eval_main(argv=None) -> int:
     p.add_argument("--train-subset", type=int, default=0, help="train images for the probe, 0 = all (default: 0)")
     p.add_argument("--test-subset", type=int, default=0, help="test images, 0 = all (default: 0)")
     args = p.parse_args(argv)
-    path = Path(args.ckpt)
-    if not path.is_file():
-        print(f"linear_eval.py: error: no checkpoint at {path}", file=sys.stderr)
-        return 2
-    from data_prep import load_dataset
-
-    from .config import Config
+    from .checkpoint import CheckpointError, load_checkpoint, resolve_path
+    from .config import config_from_checkpoint
     from .models import build_encoder
-    from .train import Evaluator
+    from .train import Evaluator, RunError, _load_data
 
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        cfg = Config(**ckpt["config"])
-    except Exception as e:  # a truncated or foreign file
-        print(f"linear_eval.py: error: {path} is not a fastssl checkpoint ({e})", file=sys.stderr)
+        path = resolve_path(args.ckpt)
+        ckpt = load_checkpoint(path)  # weights_only: a shared file never runs code
+        cfg = config_from_checkpoint(ckpt["config"])
+    except (CheckpointError, TypeError, ValueError) as e:  # missing, truncated, foreign or unsafe
+        print(f"linear_eval.py: error: {e}", file=sys.stderr)
         return 2
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else "cpu" if args.device == "auto" else args.device
     cfg = dataclasses.replace(cfg, device=device, data=args.data or cfg.data, knn_bank=args.train_subset,
@@ -83,12 +77,17 @@ def linear_eval_main(argv=None) -> int:
     encoder = build_encoder(cfg.encoder, cfg.width)
     encoder.load_state_dict({k[len("encoder."):]: v for k, v in ckpt["method"].items() if k.startswith("encoder.")})
     encoder.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
-    try:
-        ds = load_dataset(cfg.dataset, cfg.data)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    evaluator = Evaluator(ds, cfg, torch.device(device))
+    try:  # the training set (its normalisation) and the labelled set to probe on (--eval-data of the run)
+        ds, eval_ds = _load_data(dataclasses.replace(cfg, target_knn=0.0), False, print)
+    except (DataError, RunError) as e:
+        print(f"linear_eval.py: error: {e}", file=sys.stderr)
+        return 2
+    if eval_ds is None:
+        print(f"linear_eval.py: error: {cfg.data} has no class labels and the run named no --eval-data",
+              file=sys.stderr)
+        return 2
+    evaluator = Evaluator(eval_ds, cfg, torch.device(device), mean=ckpt.get("norm_mean", ds.mean),
+                          std=ckpt.get("norm_std", ds.std))
     print(f"linear probe: {len(evaluator.bank_y)} train / {len(evaluator.query_y)} test images of {ds.name}")
     top1 = evaluator.linear(encoder)
     print(f"linear top-1: {top1:.2f}%")

@@ -1,9 +1,9 @@
-"""Optimisers (SGD, LARS) and the warmup + cosine learning-rate schedule."""
+"""Optimisers (SGD, LARS); the warmup + cosine schedule lives in fastssl.schedule (re-exported here)."""
 from __future__ import annotations
 
-import math
-
 import torch
+
+from .schedule import lr_at  # noqa: F401  (re-exported: the step-counted schedule)
 
 
 class LARS(torch.optim.Optimizer):
@@ -50,11 +50,3 @@ def build_optimizer(name: str, groups: list[dict], lr: float, weight_decay: floa
     if name == "lars":
         return LARS(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
     raise ValueError(f"unknown optimizer {name!r}; available: sgd, lars")
-
-
-def lr_at(step: int, total_steps: int, warmup_steps: int, peak_lr: float, final_frac: float = 0.0) -> float:
-    """Linear warmup from 0 to ``peak_lr`` over ``warmup_steps``, then cosine decay to ``final_frac * peak_lr``."""
-    if step < warmup_steps:
-        return peak_lr * (step + 1) / warmup_steps
-    t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return peak_lr * (final_frac + (1 - final_frac) * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
