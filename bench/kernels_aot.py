@@ -64,7 +64,7 @@ def contrastive_launches(precision: str, d: int, variant: str, pass_: str, mode:
     backward = pass_ == "bwd"
     cfg, splits, grid = contrastive.launch_plan(rows, two_n, d, dtype, tf32, interpret=False, backward=backward,
                                                 sms=sms)
-    specs = [aot.contrastive_kernel_spec(pass_, dtype, variant, tf32, cfg, splits)]
+    specs = [("contrastive", pass_, precision, variant, cfg, splits)]
     ctas = 1
     for g in grid:
         ctas *= g
@@ -72,20 +72,29 @@ def contrastive_launches(precision: str, d: int, variant: str, pass_: str, mode:
                   splits=splits, grid=list(grid), ctas=ctas)
     if not backward and splits > 1:
         ccfg = contrastive.combine_config(splits)
-        specs.append(aot.contrastive_kernel_spec("combine", dtype, variant, tf32, ccfg))
+        specs.append(("contrastive", "combine", precision, variant, ccfg, 1))
         record["combine_ctas"] = -(-rows // ccfg["BLOCK_R"])
     return record, specs
 
 
 def dare_launches(dtype_name: str, d: int, pass_: str, two_n: int):
     n = two_n // 2
-    dtype = DARE_DTYPES[dtype_name]
-    fwd, bwd = aot.dare_specs(dtype, d=d, n=n, has_eps=False)
     cfg = dare.launch_config(n, d, interpret=False)
     grid = [-(-n // cfg["BLOCK_R"])]
     record = dict(blocks=dict(BLOCK_R=cfg["BLOCK_R"], BLOCK_D=cfg["BLOCK_D"]), num_warps=cfg["num_warps"],
                   splits=1, grid=grid, ctas=grid[0])
-    return record, [fwd if pass_ == "fwd" else bwd]
+    return record, [("dare", pass_, dtype_name, d, n)]
+
+
+def build_spec(desc):
+    """(kernel, signature, constexprs, options) from a picklable description (for worker processes)."""
+    if desc[0] == "contrastive":
+        _, which, precision, variant, cfg, splits = desc
+        dtype, tf32 = PRECISIONS[precision]
+        return aot.contrastive_kernel_spec(which, dtype, variant, tf32, cfg, splits)
+    _, which, dtype_name, d, n = desc
+    fwd, bwd = aot.dare_specs(DARE_DTYPES[dtype_name], d=d, n=n, has_eps=False)
+    return fwd if which == "fwd" else bwd
 
 
 def configurations():
@@ -105,10 +114,10 @@ def configurations():
                        lambda two_n, a=(dtype_name, d, pass_): dare_launches(*a, two_n))
 
 
-def compile_one(spec) -> dict:
+def compile_one(desc) -> dict:
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # triton >= 3.9 warns when unset; 3.6 fuses by default
     t0 = time.perf_counter()
-    info = aot.compile_spec(*spec, arch=90)
+    info = aot.compile_spec(*build_spec(desc), arch=90)
     keep = ("kernel", "dtype", "registers", "stack_bytes", "local_bytes", "static_shared", "dynamic_shared",
             "wgmma", "mma_sync", "ptx_bytes", "cubin_bytes", "options")
     out = {k: info[k] for k in keep if k in info}
@@ -127,9 +136,10 @@ def build(jobs: int = 1, only=None, log=print) -> dict:
         row = dict(name, launches={})
         for two_n in SIZES:
             record, row_specs = launches(two_n)
-            record["binaries"] = [_key(s) for s in row_specs]
-            for s in row_specs:
-                specs.setdefault(_key(s), s)
+            keys = [_key(build_spec(s)) for s in row_specs]
+            record["binaries"] = keys
+            for k, s in zip(keys, row_specs):
+                specs.setdefault(k, s)
             row["launches"][str(two_n)] = record
         rows.append(row)
     log(f"{len(rows)} configurations, {len(specs)} distinct binaries to compile with {jobs} job(s)")

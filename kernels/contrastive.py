@@ -37,6 +37,18 @@ Backward kernel: one program per block of rows k; recomputes each tile s_kl, for
 G = P_kl + P_lk - 2 Y_kl from lse_k and lse_l, accumulates G u_l with ``tl.dot`` and scales by
 g / (tau M), reading the upstream gradient g from device memory (no host sync).
 
+Column splits (filling the GPU at small batches, in the style of flash-decoding): with few row blocks the
+grid would leave most SMs idle (2N = 1024 in row blocks of 64 is 16 CTAs on a 132-SM H100). ``launch_plan``
+first shrinks the tiles (BLOCK_M to 64, BLOCK_N to 32), then splits each row block's column range into
+``num_splits`` chunks of whole BLOCK_N tiles, chosen from the SM count (the device's, or 132 without a GPU) so
+that the grid reaches about 2 CTAs per SM; 1 split when the row blocks alone do. Forward: program (i, j)
+runs the online softmax over chunk j only and writes its partial max m_j and sum-exp l_j (SupCon: also the
+positive sum and count) per row; ``_contrastive_combine_kernel`` merges them, lse = M + log sum_j l_j
+exp(m_j - M) with M = max_j m_j. Backward: program (i, v, j) accumulates sum_l G_kl u_l over chunk j into its
+own (split, row, d) slice of a partial dU, and one ``sum`` over the splits finishes it. Both are free of
+atomics (deterministic); the extra memory is O(splits x 2N) and O(splits x 2N x d), and splits > 1 only
+when 2N is small. ``column_splits(k)`` forces k splits (tests, and the split-vs-unsplit benchmark).
+
 Local rows (data-parallel): both kernels take ``row_off`` and ``n_local`` and own only the 2 n_local rows
 row_off .. row_off + n_local - 1 of each view (global row indices; all 2N rows remain columns). One process
 is n_local = N, row_off = 0. ``gathered_contrastive_loss`` uses it: each rank runs its own rows against the
