@@ -402,7 +402,8 @@ def dare_table(rows: list[dict]) -> str:
                                   key=lambda k: (list(PRECISIONS).index(k[0]), k[1])):
         by = {r["impl"]: r for r in rows if (r["precision"], r["n"], r["d"]) == (precision, n, d)}
         cells = [precision, str(n), str(d)] + [_cell(by.get(i), "fwd_ms", 4) for i in impls] \
-            + [_cell(by.get(i), "fwd_bwd_ms", 4) for i in impls] + [_cell(by.get(i), "peak_extra_mib", 1) for i in impls] \
+            + [_cell(by.get(i), "fwd_bwd_ms", 4) for i in impls] \
+            + [_cell(by.get(i), "peak_extra_mib", 1) for i in impls] \
             + [_ratio(by.get("eager"), by.get("fused"))]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -474,8 +474,8 @@ def launch_plan(m_local: int, n_cols: int, d: int, dtype: torch.dtype, allow_tf3
     """(config, splits, grid) of the forward (or backward) launch over ``m_local`` rows and ``n_cols`` columns.
 
     On a GPU, a batch too small to fill ``sms`` SMs twice first gets smaller row blocks (BLOCK_M down to 64,
-    still a full wgmma tile) and column tiles (BLOCK_N down to 32), then column splits (``num_splits``). Forward grid (row blocks, splits);
-    backward grid (row blocks, d slices, splits).
+    still a full wgmma tile) and column tiles (BLOCK_N down to 32), then column splits (``num_splits``).
+    Forward grid (row blocks, splits); backward grid (row blocks, d slices, splits).
     """
     if sms is None:
         sms = INTERPRETER_SM_COUNT if interpret else sm_count()
