@@ -76,12 +76,14 @@ def _compiler_usable() -> bool:
 
 
 @pytest.mark.skipif(not _compiler_usable(), reason="triton was imported with TRITON_INTERPRET=1")
-def test_two_binaries_recompile_to_the_committed_resources(monkeypatch):
-    """A split tf32 forward at d = 128 and a bf16 backward at d = 256 (training configurations), compiled now."""
+def test_two_binaries_recompile_to_the_committed_resources(monkeypatch, tmp_path):
+    """A split tf32 forward at d = 128 and a bf16 backward at d = 256 (training configurations), compiled now
+    (an empty Triton cache: really through ptxas)."""
     import triton
     if triton.__version__ != RECORD["triton"]:
         pytest.skip(f"the table was made with triton {RECORD['triton']}, this is {triton.__version__}")
     monkeypatch.setenv("TRITON_DEFAULT_FP_FUSION", "1")
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
     picks = {("contrastive", "fp32-tf32", 128, "simclr", "fwd", "whole"): "1024",
              ("contrastive", "bf16", 256, "supcon", "bwd", "whole"): "65536"}
     by_name = {_name(r): r for r in RECORD["rows"]}
