@@ -382,15 +382,15 @@ def block_sizes(block_m: int, block_n: int, block_k: Optional[int] = None, block
 # (BLOCK_M, BLOCK_N, num_warps) for (forward, backward) by operand kind and padded width BLOCK_D (keys: the
 # largest BLOCK_D a row applies to). Chosen without a GPU from ahead-of-time sm_90 compiles (bench/kernels_aot.py,
 # table in bench/results/kernels-aot-sm90.md): large tiles that ptxas fits in 255 registers without spilling
-# at d <= 256 (the d = 256 backward of tensor-core paths computes dU in two 128-wide halves, BLOCK_DV = 128)
-# and in 227 KB of shared memory. Not autotuned on hardware. d > 256: see launch_config (sliced d).
+# (the d = 256 backward of tensor-core paths computes dU in two 128-wide halves, BLOCK_DV = 128) and in 227 KB
+# of shared memory. Not autotuned on hardware. d > 256: see launch_config (sliced d).
 _GPU_CONFIGS = {
     "half": {64: ((128, 64, 8), (128, 64, 8)), 128: ((128, 64, 8), (128, 32, 8)),
-             256: ((64, 32, 8), (64, 32, 8)), None: ((64, 64, 8), (128, 32, 8))},
+             256: ((64, 32, 8), (64, 32, 8)), None: ((64, 64, 8), (64, 32, 8))},
     "tf32": {64: ((64, 32, 4), (64, 32, 4)), 128: ((128, 32, 8), (64, 32, 4)),
              256: ((64, 32, 8), (64, 32, 8)), None: ((64, 32, 8), (64, 32, 4))},
     "ieee": {64: ((64, 32, 8), (64, 32, 8)), 128: ((64, 32, 8), (64, 32, 8)),
-             256: ((32, 16, 4), (64, 16, 8)), None: ((64, 16, 8), (64, 32, 8))},
+             256: ((32, 16, 4), (64, 16, 8)), None: ((64, 16, 8), (64, 16, 8))},
 }
 
 
