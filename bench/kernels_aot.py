@@ -186,7 +186,7 @@ def markdown(record: dict) -> str:
              f"{record['local_world']} ranks (2N/{record['local_world']} rows against all 2N columns). Targets: "
              + ", ".join(f"2N = {k}: >= {v} CTAs" for k, v in record["cta_targets"].items()) + ".", ""]
     head = ["kernel", "input", "d", "variant", "pass", "mode"] + [f"CTAs 2N={s}" for s in sizes] \
-        + ["blocks (2N=65536)", "regs", "spill B", "smem KB", "errors"]
+        + ["blocks M x N x D x K [x DV] (2N=65536)", "regs", "spill B", "smem KB", "errors"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in record["rows"]:
         cells = [r["kind"], r["precision"], str(r["d"]), r["variant"], r["pass_"], r["mode"]]
