@@ -12,6 +12,7 @@ tests need CUDA.
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 
 import pytest
@@ -392,3 +393,25 @@ def test_column_splits_rejects_zero():
     with pytest.raises(ValueError, match="splits"):
         with kc.column_splits(0):
             pass
+
+
+@cuda
+@pytest.mark.parametrize("dtype,tf32", [(torch.float32, True), (torch.float32, False), (torch.bfloat16, False)])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_gpu_split_matches_unsplit(monkeypatch, dtype, tf32, variant):
+    """On the GPU, 2N = 1024 (the plan splits the columns) against the same launches forced unsplit."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    n, d = 512, 128
+    gen = torch.Generator().manual_seed(0)
+    u, _ = kc._normalise(torch.randn(n, d, generator=gen).cuda().to(dtype), torch.randn(n, d, generator=gen).cuda()
+                         .to(dtype))
+    labels = make_labels(n, "many", gen).cuda() if variant == "supcon" else None
+    code, grad = kc.VARIANTS[variant], torch.tensor(1.0, device="cuda")
+    assert kc.launch_plan(2 * n, 2 * n, d, dtype, tf32, interpret=False)[1] > 1
+    outs = []
+    for forced in (None, 1):
+        with kc.column_splits(forced) if forced else contextlib.nullcontext():
+            fwd = kc._launch_fwd(u, labels, n, 0, n, 0.2, code, tf32)
+            outs.append((*fwd, kc._launch_bwd(u, labels, fwd[1], fwd[2], grad, n, 0, n, 0.2, code, tf32)))
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
