@@ -10,6 +10,14 @@ written is kept): data decode/cache, the CUDA kernel tests, bench/kernels.py, be
 (seconds per epoch). Everything goes to bench/results/<device>-<stamp>/: each piece's log and JSON,
 and index.json / index.md (device, versions, per piece: command, status, wall time, key numbers).
 Without CUDA it refuses, unless ``--cpu-smoke`` asks for the tiny CPU variant (it tests the plumbing).
+
+What each piece's figure must show to count, with the targets of DESIGN.md section 7, is listed in
+bench/README.md ("Benchmarks: what each figure must show"); index.md points there. In short: kernels: at
+2N = 8192, d = 128, fused forward+backward >= 3x eager and >= 1.5x torch.compile, 2N = 65536 within 1 GiB
+of extra memory, and "fused vs unsplit" >= 1 where the launch plan splits columns; loaders: the data path
+delivers at least the training step's images/s; train-step and simclr-r18-cifar10: ResNet-18 at <= 2 s
+per CIFAR-10 epoch (>= 25,000 images/s); pretrain-dare-fast: a complete run whose kNN beats its
+initialisation; kernel-tests: 0 failed. To add a piece: an entry in ``pieces()`` and a row in bench/README.md.
 """
 from __future__ import annotations
 
@@ -78,7 +86,9 @@ def pieces(args, out: Path) -> list[dict]:
                    if smoke else None if module_available("pytest") else "pytest is not installed on this machine")),
         dict(name="kernels", limit=60, json="kernels.json",
              argv=[py, "bench/kernels.py", "--out", out_of("kernels.json")]
-             + ([] if smoke else ["--sizes", "1024", "8192", "65536", "--dims", "128", "--rep", "50"])),
+             # the training precisions (tf32, bf16), split vs unsplit; rows are saved one by one, so a timeout
+             # keeps the sizes measured first
+             + ([] if smoke else ["--sizes", "1024", "8192", "65536", "--dims", "128", "--rep", "25", "--no-dare"])),
         dict(name="loaders", limit=45, json="loaders.json", skipped_loaders=loader_skips,
              argv=[py, "bench/loaders.py", "--loaders", *loaders, "--out", out_of("loaders.json"), *data]
              + (["--subset", "64", "--batch-size", "16", "--workers", "0"] if smoke else ["--subset", "20480"])),
@@ -158,6 +168,7 @@ def index_markdown(index: dict) -> str:
     lines = [f"# bench/run_all.py ({index['mode']})", "",
              f"Device {env['device']}; torch {env['torch']}, triton {env['triton']}, CUDA {env['cuda']}, "
              f"python {env['python']}; {env['time']}; total {index['wall_s']:.0f} s.", "",
+             "What each figure must show to count, with its target: bench/README.md.", "",
              "| piece | status | wall (s) | limit (s) | result |", "|---|---|---:|---:|---|"]
     for p in index["pieces"]:
         res = p.get("skip") or ""

@@ -27,20 +27,40 @@ def _signature(kernel, pointers: dict, scalars: dict) -> dict:
     return sig
 
 
-def contrastive_specs(dtype: torch.dtype, d: int = 128, variant: str = "simclr", allow_tf32: bool = False):
-    """(kernel, signature, constexprs, options) for the forward and backward contrastive kernels as launched
-    on a GPU for inputs of ``dtype`` and width ``d``."""
+_CONTRASTIVE_SCALARS = dict(n_half="i32", row_off="i32", n_local="i32", d="i32", stride_u="i32", stride_du="i32",
+                            stride_split="i32", inv_tau="fp32", num_splits="i32", n_loc="i32")
+
+
+def contrastive_kernel_spec(which: str, dtype: torch.dtype, variant: str, allow_tf32: bool, cfg: dict,
+                            splits: int = 1):
+    """(kernel, signature, constexprs, options) of one contrastive kernel ("fwd", "bwd" or "combine") with the
+    launch configuration ``cfg`` (``launch_plan``'s, or ``combine_config``'s for "combine")."""
     t = _DTYPE_STR[dtype]
-    scalars = dict(n_half="i32", row_off="i32", n_local="i32", d="i32", stride_u="i32", stride_du="i32",
-                   inv_tau="fp32")
-    pointers = dict(U=f"*{t}", LABELS="*i64", LOSS="*fp32", LSE="*fp32", NPOS="*fp32", GRAD="*fp32", DU="*fp32")
+    pointers = dict(U=f"*{t}", LABELS="*i64", LOSS="*fp32", LSE="*fp32", NPOS="*fp32", GRAD="*fp32", DU="*fp32",
+                    PART="*fp32")
+    kernel = dict(fwd=contrastive._contrastive_fwd_kernel, bwd=contrastive._contrastive_bwd_kernel,
+                  combine=contrastive._contrastive_combine_kernel)[which]
+    const = dict(VARIANT=contrastive.VARIANTS[variant], **{k: v for k, v in cfg.items() if k.startswith("BLOCK_")})
+    if which != "combine":
+        const["PRECISION"] = contrastive._precision(dtype, allow_tf32)
+    if which == "fwd":
+        const["SPLIT"] = splits > 1
+    options = dict(num_warps=cfg["num_warps"], num_stages=cfg.get("num_stages", 2))
+    return kernel, _signature(kernel, pointers, _CONTRASTIVE_SCALARS), const, options
+
+
+def contrastive_specs(dtype: torch.dtype, d: int = 128, variant: str = "simclr", allow_tf32: bool = False,
+                      two_n: int = 65536, sms: int = contrastive.AOT_SM_COUNT):
+    """Specs of every kernel the forward and backward launch for inputs of ``dtype``, width ``d`` and batch
+    2N = ``two_n`` on a GPU with ``sms`` SMs (the combine kernel too when the forward splits its columns)."""
     specs = []
-    for backward, k in enumerate((contrastive._contrastive_fwd_kernel, contrastive._contrastive_bwd_kernel)):
-        cfg = contrastive.launch_config(d, dtype, allow_tf32, interpret=False, backward=bool(backward))
-        const = dict(VARIANT=contrastive.VARIANTS[variant], PRECISION=contrastive._precision(dtype, allow_tf32),
-                     **{k: v for k, v in cfg.items() if k.startswith("BLOCK_")})
-        options = dict(num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
-        specs.append((k, _signature(k, pointers, scalars), const, options))
+    for backward in (False, True):
+        cfg, splits, _ = contrastive.launch_plan(two_n, two_n, d, dtype, allow_tf32, interpret=False,
+                                                 backward=backward, sms=sms)
+        specs.append(contrastive_kernel_spec("bwd" if backward else "fwd", dtype, variant, allow_tf32, cfg, splits))
+        if not backward and splits > 1:
+            specs.append(contrastive_kernel_spec("combine", dtype, variant, allow_tf32,
+                                                 contrastive.combine_config(splits)))
     return specs
 
 
@@ -49,12 +69,12 @@ def dare_specs(dtype: torch.dtype, d: int = 128, n: int = 512, has_eps: bool = F
     t = _DTYPE_STR[dtype]
     const = dict(BLOCK_R=cfg["BLOCK_R"], BLOCK_D=cfg["BLOCK_D"], HAS_EPS=has_eps)
     options = dict(num_warps=cfg["num_warps"])
-    scalars = dict(n="i32", d="i32", seed="i32")
+    scalars = dict(n="i32", d="i32")
     fwd_ptrs = {k: f"*{t}" for k in ("MU1", "LV1", "MU2", "LV2", "EPS1", "EPS2", "Z1", "Z2")}
-    fwd_ptrs["JSD_ROWS"] = "*fp32"
+    fwd_ptrs.update(JSD_ROWS="*fp32", SEED="*i64")
     bwd_ptrs = {k: f"*{t}" for k in ("MU1", "LV1", "MU2", "LV2", "EPS1", "EPS2", "GZ1", "GZ2",
                                      "DMU1", "DLV1", "DMU2", "DLV2")}
-    bwd_ptrs["GJSD"] = "*fp32"
+    bwd_ptrs.update(GJSD="*fp32", SEED="*i64")
     fwd = dare._reparam_jsd_fwd_kernel
     bwd = dare._reparam_jsd_bwd_kernel
     return [(fwd, _signature(fwd, fwd_ptrs, scalars), const, options),

@@ -37,6 +37,18 @@ Backward kernel: one program per block of rows k; recomputes each tile s_kl, for
 G = P_kl + P_lk - 2 Y_kl from lse_k and lse_l, accumulates G u_l with ``tl.dot`` and scales by
 g / (tau M), reading the upstream gradient g from device memory (no host sync).
 
+Column splits (filling the GPU at small batches, in the style of flash-decoding): with few row blocks the
+grid would leave most SMs idle (2N = 1024 in row blocks of 64 is 16 CTAs on a 132-SM H100). ``launch_plan``
+first shrinks the tiles (BLOCK_M to 64, BLOCK_N to 32), then splits each row block's column range into
+``num_splits`` chunks of whole BLOCK_N tiles, chosen from the SM count (the device's, or 132 without a GPU) so
+that the grid reaches about 2 CTAs per SM; 1 split when the row blocks alone do. Forward: program (i, j)
+runs the online softmax over chunk j only and writes its partial max m_j and sum-exp l_j (SupCon: also the
+positive sum and count) per row; ``_contrastive_combine_kernel`` merges them, lse = M + log sum_j l_j
+exp(m_j - M) with M = max_j m_j. Backward: program (i, v, j) accumulates sum_l G_kl u_l over chunk j into its
+own (split, row, d) slice of a partial dU, and one ``sum`` over the splits finishes it. Both are free of
+atomics (deterministic); the extra memory is O(splits x 2N) and O(splits x 2N x d), and splits > 1 only
+when 2N is small. ``column_splits(k)`` forces k splits (tests, and the split-vs-unsplit benchmark).
+
 Local rows (data-parallel): both kernels take ``row_off`` and ``n_local`` and own only the 2 n_local rows
 row_off .. row_off + n_local - 1 of each view (global row indices; all 2N rows remain columns). One process
 is n_local = N, row_off = 0. ``gathered_contrastive_loss`` uses it: each rank runs its own rows against the
@@ -112,13 +124,18 @@ def _similarity_tile(U, u_k, rows, row_ok, cols, col_ok, d, stride_u, inv_tau,
 
 @lazy_kernel
 def _contrastive_fwd_kernel(
-    U, LABELS, LOSS, LSE, NPOS,
-    n_half, row_off, n_local, d, stride_u, inv_tau,
+    U, LABELS, LOSS, LSE, NPOS, PART,
+    n_half, row_off, n_local, d, stride_u, inv_tau, num_splits,
     VARIANT: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr,
+    SPLIT: tl.constexpr,
 ):
     """Rows: the 2 n_local local rows i -> global rows row_off + i (view 1) and n_half + row_off + i - n_local
-    (view 2); columns: all 2 n_half rows of U. LOSS/LSE/NPOS are indexed by the local row."""
+    (view 2); columns: all 2 n_half rows of U. LOSS/LSE/NPOS are indexed by the local row.
+
+    SPLIT: program (i, j) covers only the j-th of ``num_splits`` column chunks and writes its partial max,
+    sum-exp (and SupCon positive sum/count) to PART[q, j, row] (q = 0..3); split 0 stores s_{k,p(k)} in
+    LOSS; ``_contrastive_combine_kernel`` then writes loss, lse and |P|."""
     pid = tl.program_id(0)
     n_rows = 2 * n_half
     loc = pid * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -147,6 +164,12 @@ def _contrastive_fwd_kernel(
         same = 1 - (v_last - v_first)  # 1 when the block lies in one view
         col_lo = same * (1 - v_first) * n_half
         col_hi = col_lo + n_half + (1 - same) * n_half
+    pid_s = 0
+    if SPLIT:  # this program's chunk of the column range (whole BLOCK_N tiles; the last chunks may be empty)
+        pid_s = tl.program_id(1)
+        chunk = tl.cdiv(tl.cdiv(col_hi - col_lo, num_splits), BLOCK_N) * BLOCK_N
+        col_lo = col_lo + pid_s * chunk
+        col_hi = tl.minimum(col_lo + chunk, col_hi)
 
     if VARIANT == 2:
         y_k = tl.load(LABELS + (rows % n_half), mask=row_ok, other=0)
@@ -197,22 +220,62 @@ def _contrastive_fwd_kernel(
         l_i = l_i * alpha + tl.sum(p, axis=1)
         m_i = m_new
 
-    l_i = tl.where(row_ok, l_i, 1.0)
-    lse = m_i + tl.log(l_i)
+    if SPLIT:
+        n_loc = 2 * n_local
+        part = PART + pid_s * n_loc + loc
+        tl.store(part, m_i, mask=row_ok)
+        tl.store(part + num_splits * n_loc, l_i, mask=row_ok)
+        if VARIANT == 2:
+            tl.store(part + 2 * num_splits * n_loc, pos_sum, mask=row_ok)
+            tl.store(part + 3 * num_splits * n_loc, pos_cnt, mask=row_ok)
+        else:
+            tl.store(LOSS + loc, s_pos, mask=loc + pid_s * n_loc < n_loc)  # split 0's rows only
+    else:
+        l_i = tl.where(row_ok, l_i, 1.0)
+        lse = m_i + tl.log(l_i)
+        if VARIANT == 2:
+            pos_cnt = tl.where(row_ok, pos_cnt, 1.0)
+            loss = lse - pos_sum / pos_cnt
+            tl.store(NPOS + loc, pos_cnt, mask=row_ok)
+        else:
+            loss = lse - s_pos
+        tl.store(LOSS + loc, loss, mask=row_ok)
+        tl.store(LSE + loc, lse, mask=row_ok)
+
+
+@lazy_kernel
+def _contrastive_combine_kernel(
+    PART, LOSS, LSE, NPOS, n_loc, num_splits,
+    VARIANT: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_S: tl.constexpr,
+):
+    """Merges the split forward's partials of BLOCK_R rows: lse = M + log sum_j l_j exp(m_j - M), M = max_j m_j
+    (flash-decoding's combine); loss = lse - s_pos (s_pos from LOSS) or lse - sum_j pos_sum_j / sum_j pos_cnt_j."""
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    row_ok = rows < n_loc
+    splits = tl.arange(0, BLOCK_S)
+    mask = (splits < num_splits)[:, None] & row_ok[None, :]
+    idx = splits[:, None] * n_loc + rows[None, :]
+    m = tl.load(PART + idx, mask=mask, other=-1.0e30)
+    l = tl.load(PART + num_splits * n_loc + idx, mask=mask, other=0.0)
+    m_max = tl.max(m, axis=0)
+    l_sum = tl.sum(l * tl.exp(m - m_max[None, :]), axis=0)
+    lse = m_max + tl.log(tl.where(row_ok, l_sum, 1.0))
     if VARIANT == 2:
+        pos_sum = tl.sum(tl.load(PART + 2 * num_splits * n_loc + idx, mask=mask, other=0.0), axis=0)
+        pos_cnt = tl.sum(tl.load(PART + 3 * num_splits * n_loc + idx, mask=mask, other=0.0), axis=0)
         pos_cnt = tl.where(row_ok, pos_cnt, 1.0)
         loss = lse - pos_sum / pos_cnt
-        tl.store(NPOS + loc, pos_cnt, mask=row_ok)
+        tl.store(NPOS + rows, pos_cnt, mask=row_ok)
     else:
-        loss = lse - s_pos
-    tl.store(LOSS + loc, loss, mask=row_ok)
-    tl.store(LSE + loc, lse, mask=row_ok)
+        loss = lse - tl.load(LOSS + rows, mask=row_ok, other=0.0)
+    tl.store(LOSS + rows, loss, mask=row_ok)
+    tl.store(LSE + rows, lse, mask=row_ok)
 
 
 @lazy_kernel
 def _contrastive_bwd_kernel(
     U, LABELS, LSE, NPOS, GRAD, DU,
-    n_half, row_off, n_local, d, stride_u, stride_du, inv_tau,
+    n_half, row_off, n_local, d, stride_u, stride_du, stride_split, inv_tau, num_splits,
     VARIANT: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr,
     BLOCK_DV: tl.constexpr,
@@ -221,11 +284,14 @@ def _contrastive_bwd_kernel(
 
     Local rows as in the forward (single process: n_local = n_half, row_off = 0, so 2 n_local = M); LSE
     holds all 2 n_half rows (P_lk needs every column's lse), NPOS and DU the local rows.
-    Grid (row blocks, d slices of BLOCK_DV): for wide embeddings each program accumulates only its slice
-    of dU (recomputing the similarity tiles over the full d), which bounds registers and shared memory.
+    Grid (row blocks, d slices of BLOCK_DV, column splits): for wide embeddings each program accumulates only
+    its slice of dU (recomputing the similarity tiles over the full d), which bounds registers and shared
+    memory; with num_splits > 1 program (i, v, j) sums over the j-th column chunk only and writes its partial
+    dU to DU[j] (stride_split apart), which the caller sums over j (no atomics).
     """
     pid = tl.program_id(0)
     pid_v = tl.program_id(1)
+    pid_s = tl.program_id(2)
     offs_v = pid_v * BLOCK_DV + tl.arange(0, BLOCK_DV)
     v_ok = offs_v < d
     n_rows = 2 * n_half
@@ -254,6 +320,9 @@ def _contrastive_bwd_kernel(
         same = 1 - (v_last - v_first)
         col_lo = same * (1 - v_first) * n_half
         col_hi = col_lo + n_half + (1 - same) * n_half
+    chunk = tl.cdiv(tl.cdiv(col_hi - col_lo, num_splits), BLOCK_N) * BLOCK_N  # the whole range when unsplit
+    col_lo = col_lo + pid_s * chunk
+    col_hi = tl.minimum(col_lo + chunk, col_hi)
 
     if VARIANT == 2:
         y_k = tl.load(LABELS + (rows % n_half), mask=row_ok, other=0)
@@ -287,7 +356,8 @@ def _contrastive_bwd_kernel(
 
     scale = tl.load(GRAD).to(tl.float32) * inv_tau / (2 * n_local)  # upstream gradient read on the device
     acc = acc * scale
-    tl.store(DU + loc[:, None] * stride_du + offs_v[None, :], acc, mask=row_ok[:, None] & v_ok[None, :])
+    tl.store(DU + pid_s * stride_split + loc[:, None] * stride_du + offs_v[None, :], acc,
+             mask=row_ok[:, None] & v_ok[None, :])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -310,17 +380,17 @@ def block_sizes(block_m: int, block_n: int, block_k: Optional[int] = None, block
 
 
 # (BLOCK_M, BLOCK_N, num_warps) for (forward, backward) by operand kind and padded width BLOCK_D (keys: the
-# largest BLOCK_D a row applies to). Chosen without a GPU from ahead-of-time sm_90 compiles (kernels/aot.py):
-# large tiles that ptxas fits in 255 registers without spilling (all variants at d <= 128; a few d = 256
-# variants keep small spills) and in 227 KB of shared memory. Not autotuned on hardware. d > 256: see
-# launch_config (sliced d).
+# largest BLOCK_D a row applies to). Chosen without a GPU from ahead-of-time sm_90 compiles (bench/kernels_aot.py,
+# table in bench/results/kernels-aot-sm90.md): large tiles that ptxas fits in 255 registers without spilling
+# (the d = 256 backward of tensor-core paths computes dU in two 128-wide halves, BLOCK_DV = 128) and in 227 KB
+# of shared memory. Not autotuned on hardware. d > 256: see launch_config (sliced d).
 _GPU_CONFIGS = {
     "half": {64: ((128, 64, 8), (128, 64, 8)), 128: ((128, 64, 8), (128, 32, 8)),
-             256: ((64, 64, 8), (64, 32, 8)), None: ((64, 32, 8), (32, 32, 8))},
+             256: ((64, 32, 8), (64, 32, 8)), None: ((64, 64, 8), (64, 32, 8))},
     "tf32": {64: ((64, 32, 4), (64, 32, 4)), 128: ((128, 32, 8), (64, 32, 4)),
-             256: ((64, 32, 8), (64, 32, 8)), None: ((64, 16, 8), (32, 16, 8))},
+             256: ((64, 32, 8), (64, 32, 8)), None: ((64, 32, 8), (64, 32, 4))},
     "ieee": {64: ((64, 32, 8), (64, 32, 8)), 128: ((64, 32, 8), (64, 32, 8)),
-             256: ((64, 16, 8), (64, 16, 8)), None: ((32, 16, 8), (32, 16, 8))},
+             256: ((32, 16, 4), (64, 16, 8)), None: ((64, 16, 8), (64, 16, 8))},
 }
 
 
@@ -343,8 +413,10 @@ def launch_config(d: int, dtype: torch.dtype, allow_tf32: bool, interpret: bool,
             bm, bn, warps = table[key][1 if backward else 0]
             # the FMA ("ieee") path reduces over d in slices of 32 (see _similarity_tile)
             block_k = min(block_d, 32) if kind == "ieee" else block_d
+            if backward and block_d == 256 and kind != "ieee":
+                block_dv = 128  # a (BLOCK_M, 256) fp32 accumulator beside the u_k operand spilled
         else:  # wide rows: sliced similarity; the backward also slices dU (BLOCK_DV = 64)
-            bm, bn, warps = table[128][1] if backward else table[256][0]
+            bm, bn, warps = table[None][1 if backward else 0]
             block_k = 64 if kind == "half" else 32
             block_dv = 64 if backward else block_d
     if _block_override is not None:
@@ -355,6 +427,76 @@ def launch_config(d: int, dtype: torch.dtype, allow_tf32: bool, interpret: bool,
     if backward:
         cfg["BLOCK_DV"] = block_dv
     return cfg
+
+
+AOT_SM_COUNT = 132  # H100 SXM / H200: what launches are planned for without a GPU (AOT tables, CPU)
+INTERPRETER_SM_COUNT = 2  # a pretend 2-SM device, so that the interpreter's default plans split small batches too
+_split_override: Optional[int] = None
+
+
+@contextlib.contextmanager
+def column_splits(splits: int):
+    """Force the number of column splits of the forward and backward launches inside the context (tests, and
+    bench/kernels.py's split-vs-unsplit comparison; 1 = the unsplit kernels). More splits than column tiles
+    leave some chunks empty, which the kernels handle."""
+    global _split_override
+    if int(splits) < 1:
+        raise ValueError(f"splits must be >= 1, got {splits}")
+    previous, _split_override = _split_override, int(splits)
+    try:
+        yield
+    finally:
+        _split_override = previous
+
+
+def sm_count(device=None) -> int:
+    """Streaming multiprocessors of the CUDA device (default: the current one), else AOT_SM_COUNT."""
+    if torch.cuda.is_available():
+        dev = torch.device(device) if device is not None else torch.device("cuda", torch.cuda.current_device())
+        if dev.type == "cuda":
+            return torch.cuda.get_device_properties(dev).multi_processor_count
+    return AOT_SM_COUNT
+
+
+def num_splits(row_programs: int, n_cols: int, block_n: int, sms: int) -> int:
+    """Column splits that bring the grid to about 2 programs per SM when row blocks alone do not (1 when they
+    do): at most one split per BLOCK_N column tile, and no split left empty by rounding chunks to tiles."""
+    target = 2 * sms
+    if row_programs >= target:
+        return 1
+    want = max(1, min(triton.cdiv(target, row_programs), triton.cdiv(n_cols, block_n)))
+    chunk = triton.cdiv(triton.cdiv(n_cols, want), block_n) * block_n
+    return triton.cdiv(n_cols, chunk)
+
+
+def launch_plan(m_local: int, n_cols: int, d: int, dtype: torch.dtype, allow_tf32: bool, interpret: bool,
+                backward: bool = False, sms: Optional[int] = None) -> tuple[dict, int, tuple]:
+    """(config, splits, grid) of the forward (or backward) launch over ``m_local`` rows and ``n_cols`` columns.
+
+    On a GPU, a batch too small to fill ``sms`` SMs twice first gets smaller row blocks (BLOCK_M down to 64,
+    still a full wgmma tile) and column tiles (BLOCK_N down to 32), then column splits (``num_splits``).
+    Forward grid (row blocks, splits); backward grid (row blocks, d slices, splits).
+    """
+    if sms is None:
+        sms = INTERPRETER_SM_COUNT if interpret else sm_count()
+    cfg = launch_config(d, dtype, allow_tf32, interpret, backward)
+    dv_programs = triton.cdiv(cfg["BLOCK_D"], cfg["BLOCK_DV"]) if backward else 1
+    if not interpret and _block_override is None:
+        def most_programs():  # with one split per column tile
+            return triton.cdiv(m_local, cfg["BLOCK_M"]) * dv_programs * triton.cdiv(n_cols, cfg["BLOCK_N"])
+        while cfg["BLOCK_M"] > 64 and most_programs() < 2 * sms:
+            cfg["BLOCK_M"] //= 2
+        while cfg["BLOCK_N"] > 32 and most_programs() < 2 * sms:
+            cfg["BLOCK_N"] //= 2
+    row_blocks = triton.cdiv(m_local, cfg["BLOCK_M"])
+    splits = _split_override or num_splits(row_blocks * dv_programs, n_cols, cfg["BLOCK_N"], sms)
+    grid = (row_blocks, dv_programs, splits) if backward else (row_blocks, splits)
+    return cfg, splits, grid
+
+
+def combine_config(splits: int) -> dict:
+    block_s = max(2, next_pow2(splits))
+    return dict(BLOCK_S=block_s, BLOCK_R=max(16, min(128, 4096 // block_s)), num_warps=4)
 
 
 def _precision(dtype: torch.dtype, allow_tf32: bool) -> str:
@@ -415,26 +557,35 @@ def _launch_fwd(u, labels, n_half, row_off, n_local, temperature, variant, allow
     lse = torch.empty_like(loss_rows)
     npos = torch.ones_like(loss_rows)
     lab = labels.contiguous() if labels is not None else u  # placeholder pointer when unused
-    cfg = launch_config(d, u.dtype, allow_tf32, interpreter_enabled())
-    grid = (triton.cdiv(2 * n_local, cfg["BLOCK_M"]),)
-    _contrastive_fwd_kernel[grid](u, lab, loss_rows, lse, npos, n_half, row_off, n_local, d, u.stride(0),
-                                  1.0 / temperature, VARIANT=variant, PRECISION=_precision(u.dtype, allow_tf32),
-                                  **cfg)
+    m_local = 2 * n_local
+    cfg, splits, grid = launch_plan(m_local, 2 * n_half, d, u.dtype, allow_tf32, interpreter_enabled())
+    part = loss_rows  # placeholder pointer when unsplit
+    if splits > 1:  # (max, sum-exp[, positive sum, positive count]) per split and row
+        part = torch.empty(((4 if variant == VARIANTS["supcon"] else 2) * splits * m_local,), device=u.device,
+                           dtype=torch.float32)
+    _contrastive_fwd_kernel[grid](u, lab, loss_rows, lse, npos, part, n_half, row_off, n_local, d, u.stride(0),
+                                  1.0 / temperature, splits, VARIANT=variant,
+                                  PRECISION=_precision(u.dtype, allow_tf32), SPLIT=splits > 1, **cfg)
+    if splits > 1:
+        ccfg = combine_config(splits)
+        _contrastive_combine_kernel[(triton.cdiv(m_local, ccfg["BLOCK_R"]),)](
+            part, loss_rows, lse, npos, m_local, splits, VARIANT=variant, **ccfg)
     return loss_rows, lse, npos
 
 
 def _launch_bwd(u, labels, lse, npos, grad, n_half, row_off, n_local, temperature, variant, allow_tf32):
     """Backward kernel: dU (2 n_local, d) fp32 of the local rows; ``lse`` covers all 2 n_half rows of u."""
     d = u.shape[1]
-    du = torch.empty((2 * n_local, d), device=u.device, dtype=torch.float32)
     lab = labels.contiguous() if labels is not None else u
-    cfg = launch_config(d, u.dtype, allow_tf32, interpreter_enabled(), backward=True)
-    grid = (triton.cdiv(2 * n_local, cfg["BLOCK_M"]), triton.cdiv(cfg["BLOCK_D"], cfg["BLOCK_DV"]))
+    cfg, splits, grid = launch_plan(2 * n_local, 2 * n_half, d, u.dtype, allow_tf32, interpreter_enabled(),
+                                    backward=True)
+    # one partial dU per column split, summed below (deterministic, no atomics); unsplit: dU itself
+    du = torch.empty((splits, 2 * n_local, d), device=u.device, dtype=torch.float32)
     g = grad.reshape(1).float()
-    _contrastive_bwd_kernel[grid](u, lab, lse, npos, g, du, n_half, row_off, n_local, d, u.stride(0), du.stride(0),
-                                  1.0 / temperature, VARIANT=variant, PRECISION=_precision(u.dtype, allow_tf32),
-                                  **cfg)
-    return du
+    _contrastive_bwd_kernel[grid](u, lab, lse, npos, g, du, n_half, row_off, n_local, d, u.stride(0), du.stride(1),
+                                  du.stride(0), 1.0 / temperature, splits, VARIANT=variant,
+                                  PRECISION=_precision(u.dtype, allow_tf32), **cfg)
+    return du[0] if splits == 1 else du.sum(0)
 
 
 @contrastive_fwd.register_fake

@@ -173,3 +173,79 @@ def test_run_all_gpu_command_lines_parse(tmp_path, monkeypatch):
     skipped = pieces["loaders"]["skipped_loaders"]
     for name, module in (("ffcv", "ffcv"), ("dali", "nvidia.dali")):
         assert (name in skipped) != run_all.module_available(module)
+
+
+# ---- bench/kernels.py: honest defaults, per-row failures, incremental JSON --------------------------------
+
+def test_kernels_bench_defaults_are_the_training_precisions():
+    from bench import kernels as kb
+    args = kb.parse_args([])
+    assert args.precisions == ["tf32", "bf16"] and args.variants == ["simclr"]
+    assert kb.parse_args(["--variant", "supcon"]).variants == ["supcon"]
+    with pytest.raises(SystemExit):
+        kb.parse_args(["--sizes", "1023"])
+
+
+def test_kernels_bench_rows_catch_every_exception_and_save_each_row(tmp_path):
+    """A fake measure on the CPU: one implementation raises Triton's OutOfResources, one a CUDA-style OOM; each
+    failure is recorded in its own row, the other rows are measured, and the JSON on disk holds every row
+    finished so far whenever the next row starts. The unsplit row runs with one forced column split."""
+    from triton.runtime.errors import OutOfResources
+
+    from bench import kernels as kb
+    from kernels import contrastive as kc
+    out = tmp_path / "k.json"
+    args = kb.parse_args(["--sizes", "8", "16", "--dims", "4", "--precisions", "tf32", "ieee", "--variants",
+                          "simclr", "supcon", "--no-compile", "--out", str(out)])
+    writer = kb.RowWriter(dict(environment={}, config={}), out)
+    seen = []
+
+    def fake_measure(fn, z1, z2, labels, rep):
+        on_disk = json.loads(out.read_text())["rows"]
+        assert len(on_disk) == len(writer.record["rows"])  # saved before this row started
+        seen.append(kc._split_override)
+        if z1.shape[0] == 8 and labels is not None and len(seen) % 2:
+            raise OutOfResources(300000, 232448, "shared memory")
+        if z1.shape[0] == 4 and labels is not None:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return dict(fwd_ms=1.0, fwd_bwd_ms=2.0, peak_extra_mib=0.5)
+
+    kb.contrastive_rows(args, writer, measure=fake_measure)
+    rows = json.loads(out.read_text())["rows"]
+    assert len(rows) == 2 * 2 * 2 * 4  # precisions x variants x sizes x (eager, fused, fused-unsplit, lightly)
+    assert {r["impl"] for r in rows} == {"eager", "fused", "fused-unsplit", "lightly"}
+    errors = [r["error"] for r in rows if "error" in r]
+    assert any(e.startswith("OutOfResources: out of resource: shared memory") for e in errors)
+    assert "OOM" in errors and all(r["variant"] == "supcon" for r in rows if "error" in r)
+    measured = [r for r in rows if "fwd_ms" in r]
+    assert measured and all(r["fwd_bwd_ms"] == 2.0 and r["peak_extra_mib"] == 0.5 for r in measured)
+    unsplit = [r for r in rows if r["impl"] == "fused-unsplit" and "error" not in r]
+    assert unsplit and all(r["splits"] == [1, 1] for r in unsplit)
+    fused = [r for r in rows if r["impl"] == "fused" and "error" not in r]
+    assert all(r["splits"][0] >= 1 for r in fused)
+    assert seen.count(1) == sum(1 for r in rows if r["impl"] == "fused-unsplit")  # forced only for those rows
+    lightly = [r for r in rows if r["impl"] == "lightly"]
+    assert all(("skipped" in r) != ("fwd_ms" in r or "error" in r) for r in lightly)
+    assert all("simclr variant only" in r["skipped"] for r in lightly if r["variant"] == "supcon")
+    md = kb.markdown(dict(environment=dict(command="x", device="cpu", time="t", torch="t", triton="t"),
+                          config=dict(temperature=0.2), cuda=True, rows=rows))
+    assert "#### supcon, ieee" in md and "| OOM |" in md and "OutOfResources" in md
+    assert "fused vs unsplit (f+b)" in md
+
+
+def test_kernels_bench_lightly_skips_with_a_reason_when_absent(monkeypatch):
+    from bench import kernels as kb
+    monkeypatch.setitem(sys.modules, "lightly", None)  # import lightly -> ModuleNotFoundError
+    monkeypatch.setitem(sys.modules, "lightly.loss", None)
+    got = kb.lightly_loss("simclr", 0.2)
+    assert isinstance(got, str) and "lightly" in got
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU path")
+def test_kernels_bench_without_cuda_exits_0(tmp_path, capsys):
+    from bench import kernels as kb
+    out = tmp_path / "k.json"
+    assert kb.main(["--variants", "simclr", "--out", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert record["cuda"] is False and [r["two_n"] for r in record["cpu_reference"]] == [256, 1024]
+    assert "No CUDA device" in capsys.readouterr().out and out.with_suffix(".md").exists()

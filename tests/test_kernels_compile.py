@@ -33,41 +33,47 @@ def _compiler_usable() -> bool:
 needs_compiler = pytest.mark.skipif(not _compiler_usable(),
                                     reason="triton was imported with TRITON_INTERPRET=1; run without it set")
 
+# (kind, dtype, variant or has_eps, d, tf32, 2N): 2N = 1024 launches the split forward (+ combine) and backward
 AOT_CASES = (
-    [("contrastive", torch.bfloat16, v, 128, False) for v in ("simclr", "decoupled", "supcon")]
-    + [("contrastive", torch.float32, v, 128, False) for v in ("decoupled", "supcon")]
-    + [("contrastive", torch.float32, "supcon", 128, True),   # tf32
-       ("contrastive", torch.bfloat16, "supcon", 256, False),
-       ("contrastive", torch.float32, "simclr", 130, False)]  # d = 130 pads to BLOCK_D = 256
-    + [("dare", dt, has_eps, 130, False) for dt in (torch.float32, torch.bfloat16) for has_eps in (False, True)]
+    [("contrastive", torch.bfloat16, v, 128, False, 65536) for v in ("simclr", "decoupled", "supcon")]
+    + [("contrastive", torch.float32, v, 128, False, 65536) for v in ("decoupled", "supcon")]
+    + [("contrastive", torch.float32, "supcon", 128, True, 65536),   # tf32
+       ("contrastive", torch.bfloat16, "supcon", 256, False, 65536),
+       ("contrastive", torch.float32, "simclr", 130, False, 65536),  # d = 130 pads to BLOCK_D = 256
+       ("contrastive", torch.float32, "decoupled", 128, True, 1024),
+       ("contrastive", torch.bfloat16, "supcon", 256, False, 1024)]
+    + [("dare", dt, has_eps, 130, False, 0) for dt in (torch.float32, torch.bfloat16) for has_eps in (False, True)]
 )
 
 
 def _case_id(case):
-    kind, dtype, what, d, tf32 = case
-    return f"{kind}-{str(dtype)[6:]}-{what}-d{d}" + ("-tf32" if tf32 else "")
+    kind, dtype, what, d, tf32, two_n = case
+    return f"{kind}-{str(dtype)[6:]}-{what}-d{d}" + ("-tf32" if tf32 else "") + (f"-2N{two_n}" if two_n else "")
 
 
 @needs_compiler
 @pytest.mark.parametrize("case", AOT_CASES, ids=[_case_id(c) for c in AOT_CASES])
 def test_aot_compile_sm90(monkeypatch, case):
     monkeypatch.setenv("TRITON_DEFAULT_FP_FUSION", "1")  # triton >= 3.9 warns when unset; 3.6 fuses by default
-    kind, dtype, what, d, tf32 = case
-    specs = (aot.contrastive_specs(dtype, d=d, variant=what, allow_tf32=tf32) if kind == "contrastive"
+    kind, dtype, what, d, tf32, two_n = case
+    specs = (aot.contrastive_specs(dtype, d=d, variant=what, allow_tf32=tf32, two_n=two_n) if kind == "contrastive"
              else aot.dare_specs(dtype, d=d, has_eps=what))
+    if two_n == 1024:
+        assert [s[0] for s in specs] == [kc._contrastive_fwd_kernel, kc._contrastive_combine_kernel,
+                                         kc._contrastive_bwd_kernel] and specs[0][2]["SPLIT"]
     for spec in specs:
         info = aot.compile_spec(*spec, arch=90)
         assert info["ptx_bytes"] > 0 and info["cubin_bytes"] > 0
         assert info["ptx_target"].startswith("sm_90"), info
         assert info["dynamic_shared"] <= H100_SMEM, info
-        if kind == "contrastive":
+        if kind == "contrastive" and info["kernel"] != "_contrastive_combine_kernel":
             tensor_cores = dtype != torch.float32 or tf32
             # bf16 and tf32 similarities run on Hopper's warpgroup MMA; "ieee" fp32 must not use tensor cores
             assert info["wgmma"] == tensor_cores, info
             if not tensor_cores:
                 assert not info["mma_sync"], info
-        if "stack_bytes" in info and d <= 128:
-            assert info["stack_bytes"] == 0, f"register spills in the d<=128 configuration: {info}"
+        if "stack_bytes" in info and d <= 256:
+            assert info["stack_bytes"] == 0, f"register spills in a d <= 256 configuration: {info}"
 
 
 # ---- custom ops --------------------------------------------------------------------------------

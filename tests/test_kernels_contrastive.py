@@ -12,12 +12,13 @@ tests need CUDA.
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 
 import pytest
 import torch
 
-pytest.importorskip("triton")
+triton = pytest.importorskip("triton")
 
 from fastssl import losses  # noqa: E402
 from kernels import contrastive as kc  # noqa: E402
@@ -304,3 +305,113 @@ def test_gpu_half_precision(monkeypatch, dtype, variant, n, d):
     labels = make_labels(n, "many", torch.Generator().manual_seed(0)) if variant == "supcon" else None
     tol = 3e-2 if dtype == torch.bfloat16 else 5e-3
     check_against_reference(variant, n, d, 0.2, labels, dtype=dtype, device="cuda", tol=tol)
+
+
+# ---- column splits (flash-decoding style forward combine, partial dU per split) ---------------------------
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("n,d,splits,tau", [(13, 20, 2, 0.1), (13, 20, 5, 0.5), (9, 24, 7, 0.2), (21, 130, 3, 0.07)])
+def test_column_splits_match_reference(interpret, variant, n, d, splits, tau):
+    """Forced splits with 16 x 16 tiles, ragged N (not a multiple of the tiles): every split path (partials,
+    combine, per-split dU summed) against the float64 reference, values and gradients. 7 splits of 18 columns
+    (N = 9) leave empty chunks; d = 130 with BLOCK_K = 32 runs the sliced similarity; decoupled row blocks
+    that lie in one view split only that view's columns."""
+    labels = make_labels(n, "many" if n % 2 else "few", torch.Generator().manual_seed(n)) \
+        if variant == "supcon" else None
+    block_k = 32 if d > 128 else None
+    with kc.block_sizes(16, 16, block_k), kc.column_splits(splits):
+        check_against_reference(variant, n, d, tau, labels, seed=n + splits)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_split_equals_unsplit(interpret, variant):
+    """The split launches give the unsplit launches' loss, lse, |P| and dU (to fp32 rounding)."""
+    n, d = 11, 24
+    gen = torch.Generator().manual_seed(8)
+    u, _ = kc._normalise(torch.randn(n, d, generator=gen), torch.randn(n, d, generator=gen))
+    labels = make_labels(n, "many", gen) if variant == "supcon" else None
+    code, grad = kc.VARIANTS[variant], torch.tensor(0.7)
+    outs = {}
+    for splits in (1, 4):
+        with kc.block_sizes(16, 16), kc.column_splits(splits):
+            fwd = kc._launch_fwd(u, labels, n, 0, n, 0.2, code, False)
+            du = kc._launch_bwd(u, labels, fwd[1], fwd[2], grad, n, 0, n, 0.2, code, False)
+        outs[splits] = (*fwd, du)
+    for a, b in zip(outs[1], outs[4]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_column_splits_local_rows(interpret, variant):
+    """Local-rows mode with split columns: this rank's rows of the whole-batch results (backward scaled by
+    N / n_local), and the whole batch's dU is the reference gradient."""
+    n, d, row_off, n_local = 13, 20, 4, 5
+    gen = torch.Generator().manual_seed(6)
+    u, _ = kc._normalise(torch.randn(n, d, generator=gen), torch.randn(n, d, generator=gen))
+    labels = make_labels(n, "many", gen) if variant == "supcon" else None
+    code, grad = kc.VARIANTS[variant], torch.tensor(1.3)
+    mine = torch.cat([torch.arange(row_off, row_off + n_local), n + torch.arange(row_off, row_off + n_local)])
+    with kc.block_sizes(16, 16), kc.column_splits(3):
+        full = kc._launch_fwd(u, labels, n, 0, n, 0.3, code, False)
+        local = kc._launch_fwd(u, labels, n, row_off, n_local, 0.3, code, False)
+        du_full = kc._launch_bwd(u, labels, full[1], full[2], grad, n, 0, n, 0.3, code, False)
+        du_local = kc._launch_bwd(u, labels, full[1], local[2], grad, n, row_off, n_local, 0.3, code, False)
+    for got, ref in zip(local, full):
+        torch.testing.assert_close(got, ref[mine], rtol=0, atol=1e-6)
+    torch.testing.assert_close(du_local, du_full[mine] * (n / n_local), rtol=1e-5, atol=1e-6)
+    uu = u.double().requires_grad_(True)
+    (g_ref,) = torch.autograd.grad(reference(uu[:n], uu[n:], 0.3, variant, labels) * grad.double(), uu)
+    tangent = du_full - u * (u * du_full).sum(1, keepdim=True)
+    torch.testing.assert_close(tangent.double(), g_ref, rtol=1e-4, atol=1e-6)
+
+
+def test_split_plan_fills_a_132_sm_gpu():
+    """The launch plans a 132-SM GPU gets: >= 132 CTAs at 2N = 1024 and >= 264 at 2N = 8192 for every precision,
+    width, pass and the local-rows mode (2 ranks); no split once the rows alone give 2 CTAs per SM."""
+    for dtype, tf32 in ((torch.float32, True), (torch.float32, False), (torch.bfloat16, False)):
+        for d in (64, 128, 256, 512, 2048):
+            for backward in (False, True):
+                for two_n, rows, target in ((1024, 1024, 132), (1024, 512, 132), (8192, 8192, 264),
+                                            (8192, 4096, 264)):
+                    cfg, splits, grid = kc.launch_plan(rows, two_n, d, dtype, tf32, interpret=False,
+                                                       backward=backward, sms=132)
+                    ctas = 1
+                    for g in grid:
+                        ctas *= g
+                    assert ctas >= target, (dtype, tf32, d, backward, two_n, rows, cfg, grid)
+                    assert splits <= triton.cdiv(two_n, cfg["BLOCK_N"])
+                cfg, splits, grid = kc.launch_plan(65536, 65536, d, dtype, tf32, interpret=False, backward=backward,
+                                                   sms=132)
+                assert splits == 1
+    assert kc.num_splits(8, 1024, 32, 132) == 32 and kc.num_splits(64, 8192, 32, 132) == 5
+    assert kc.num_splits(300, 8192, 32, 132) == 1
+    assert kc.sm_count() == (torch.cuda.get_device_properties(0).multi_processor_count
+                             if torch.cuda.is_available() else 132)
+
+
+def test_column_splits_rejects_zero():
+    with pytest.raises(ValueError, match="splits"):
+        with kc.column_splits(0):
+            pass
+
+
+@cuda
+@pytest.mark.parametrize("dtype,tf32", [(torch.float32, True), (torch.float32, False), (torch.bfloat16, False)])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_gpu_split_matches_unsplit(monkeypatch, dtype, tf32, variant):
+    """On the GPU, 2N = 1024 (the plan splits the columns) against the same launches forced unsplit."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    n, d = 512, 128
+    gen = torch.Generator().manual_seed(0)
+    u, _ = kc._normalise(torch.randn(n, d, generator=gen).cuda().to(dtype), torch.randn(n, d, generator=gen).cuda()
+                         .to(dtype))
+    labels = make_labels(n, "many", gen).cuda() if variant == "supcon" else None
+    code, grad = kc.VARIANTS[variant], torch.tensor(1.0, device="cuda")
+    assert kc.launch_plan(2 * n, 2 * n, d, dtype, tf32, interpret=False)[1] > 1
+    outs = []
+    for forced in (None, 1):
+        with kc.column_splits(forced) if forced else contextlib.nullcontext():
+            fwd = kc._launch_fwd(u, labels, n, 0, n, 0.2, code, tf32)
+            outs.append((*fwd, kc._launch_bwd(u, labels, fwd[1], fwd[2], grad, n, 0, n, 0.2, code, tf32)))
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
