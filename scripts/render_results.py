@@ -37,7 +37,8 @@ def kind_of(record: dict) -> str | None:
         return "reproduce"
     if "mode" in record and "pieces" in record:
         return "run_all"
-    if "environment" in record and ("contrastive" in record or "cpu_reference" in record):
+    if "environment" in record and ("contrastive" in record or "cpu_reference" in record
+                                    or ("rows" in record and "precisions" in record.get("config", {}))):
         return "kernels"
     if isinstance(record.get("results"), list) and record["results"] and "loader" in record["results"][0]:
         return "loaders"
@@ -114,12 +115,8 @@ def _kernels_md(path: str, r: dict) -> str:
     if not r.get("cuda"):
         return (f"Only a CPU calibration of the eager reference exists ([{Path(path).name}]({path}), {env['device']}); "
                 "the fused kernels have not been timed on a GPU.")
-    from bench.kernels import contrastive_table
-    impls = [i for i in ("eager", "compile", "fused") if i in r["contrastive"][0]]
-    cfg = r["config"]
-    return (f"`{env['command']}` on {env['device']}, {env['time'][:10]}, torch {env['torch']}, triton {env['triton']}; "
-            f"{cfg['variant']} {cfg['dtype']}, median ms ([{Path(path).name}]({path})):\n\n"
-            + contrastive_table(r["contrastive"], impls))
+    from bench.kernels import markdown
+    return f"[{Path(path).name}]({path}):\n\n" + markdown(r)
 
 
 def _run_all_md(path: str, r: dict) -> str:
