@@ -103,6 +103,13 @@ def pieces(args, out: Path) -> list[dict]:
              argv=[py, "scripts/pretrain.py", "--method", "simclr", "--encoder", "resnet18", "--dataset", "cifar10",
                    "--epochs", "3", "--no-linear-eval", "--no-progress", "--out", out_of("simclr-r18-cifar10"), *data]
              + (TINY if smoke else [])),
+        # a lease of its own (python bench/run_all.py --only time-to-accuracy): time to 80% kNN, speedrun
+        # against default, SimCLR and DARe, ResNet-18 on full CIFAR-10; runs start only while they fit
+        dict(name="time-to-accuracy", limit=500, json="time_to_accuracy.json", optional=True,
+             argv=[py, "bench/time_to_accuracy.py", "--out", out_of("time_to_accuracy.json"),
+                   "--runs-dir", out_of("time-to-accuracy-runs"), *data]
+             + (["--methods", "simclr", "--candidates", "default", "--seeds", "0", "--budget", "3",
+                 "--knn-every-steps", "2", "--", *TINY] if smoke else ["--gpu", "--time-limit", "470"])),
     ]
     if args.only:
         unknown = set(args.only) - {p["name"] for p in ps}
@@ -110,6 +117,8 @@ def pieces(args, out: Path) -> list[dict]:
             raise ValueError(f"--only: unknown piece(s) {', '.join(sorted(unknown))}; pieces: "
                              + ", ".join(p["name"] for p in ps))
         ps = [p for p in ps if p["name"] in args.only]
+    else:
+        ps = [p for p in ps if not p.get("optional")]  # optional pieces run only when --only names them
     return ps
 
 

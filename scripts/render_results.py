@@ -31,6 +31,8 @@ def kind_of(record: dict) -> str | None:
         return None
     if record.get("benchmark") == "train_step":
         return "train_step"
+    if record.get("benchmark") == "time_to_accuracy":
+        return "time_to_accuracy"
     if record.get("benchmark") == "pretrain_fast_transcribed":
         return "pretrain_fast"
     if "cells" in record and "budget" in record and "cells_not_run" in record:
@@ -148,12 +150,19 @@ def _reproduce_md(path: str, r: dict) -> str:
     return f"`{r['command']}` ([{Path(path).parent.name}/]({Path(path).parent.as_posix()}/)):\n\n" + results_markdown(r)
 
 
+def _time_to_accuracy_md(path: str, r: dict) -> str:
+    from bench.time_to_accuracy import summary_markdown
+    return f"[{Path(path).name}]({path}), plot [{Path(path).with_suffix('.png').name}]" \
+           f"({Path(path).with_suffix('.png').as_posix()}):\n\n" + summary_markdown(r)
+
+
 RENDER = {"reproduce": _reproduce_md, "train_step": _train_step_md, "loaders": _loaders_md, "kernels": _kernels_md,
-          "run_all": _run_all_md, "pretrain_fast": _pretrain_fast_md}
+          "run_all": _run_all_md, "pretrain_fast": _pretrain_fast_md, "time_to_accuracy": _time_to_accuracy_md}
 TITLES = {"reproduce": "Table 1 reproduction (`scripts/reproduce_table1.py`)",
           "train_step": "Training step ladder (`bench/train_step.py`)", "loaders": "Loaders (`bench/loaders.py`)",
           "kernels": "Fused kernels (`bench/kernels.py`)", "run_all": "GPU lease run (`bench/run_all.py`)",
-          "pretrain_fast": "CPU `--fast` pretraining"}
+          "pretrain_fast": "CPU `--fast` pretraining",
+          "time_to_accuracy": "Time to accuracy (`bench/time_to_accuracy.py`)"}
 
 
 def render(results: Path = RESULTS) -> str:
@@ -177,7 +186,7 @@ def render(results: Path = RESULTS) -> str:
         missing.append("the Table 1 reproduction at the `quick` or `full` budget (below: only the CPU `smoke` "
                        "budget, which checks the machinery and is not a reproduction)")
     out += ["", "Not yet measured: " + "; ".join(missing) + "." if missing else "", ""]
-    for kind in ("reproduce", "train_step", "kernels", "loaders", "run_all", "pretrain_fast"):
+    for kind in ("reproduce", "time_to_accuracy", "train_step", "kernels", "loaders", "run_all", "pretrain_fast"):
         entries = [(g, latest[(kind, g)]) for g in ("gpu", "cpu") if (kind, g) in latest]
         out.append(f"### {TITLES[kind]}\n")
         if not entries:

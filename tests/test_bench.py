@@ -170,9 +170,30 @@ def test_run_all_gpu_command_lines_parse(tmp_path, monkeypatch):
         if script in parsers:
             parsers[script](p["argv"][2:])  # argparse exits on an unknown flag
     assert pieces["pretrain-dare-fast"]["argv"][2:6] == ["--method", "dare", "--fast", "--no-progress"]
+    # the optional time-to-accuracy piece: a lease of its own, within one 10-minute call
+    (tta,) = run_all.pieces(run_all.parse_args(["--data", "somewhere", "--only", "time-to-accuracy"]), tmp_path)
+    assert tta["limit"] <= args.deadline
+    options = importlib.import_module("bench.time_to_accuracy").parse_args(tta["argv"][2:])
+    assert options.gpu and options.time_limit < tta["limit"] and Path(options.data).name == "somewhere"
     skipped = pieces["loaders"]["skipped_loaders"]
     for name, module in (("ffcv", "ffcv"), ("dali", "nvidia.dali")):
         assert (name in skipped) != run_all.module_available(module)
+
+
+def test_render_time_to_accuracy(tmp_path):
+    from bench import time_to_accuracy as tta
+    env = dict(command="python bench/time_to_accuracy.py", device="cpu (x86_64, 2 cores, 2 threads)",
+               time="2026-12-01T10:00:00", torch="2.13")
+    runs = [dict(method="simclr", candidate=c, seed=0, status="ok", knn_top1=k, knn_top1_init=28.0, train_s=240.0,
+                 steps=300, images_seen=38400, curve=[[0.0, 28.0], [240.0, k]]) for c, k in (("default", 40.0),
+                                                                                           ("multicrop", 44.5))]
+    record = dict(benchmark="time_to_accuracy", environment=env, runs=runs, gains=tta.gains(runs),
+                  winners=["multicrop"],
+                  settings=dict(mode="fast", budget=240.0, knn_every_steps=100, target_knn=None, threads=2))
+    _write(tmp_path / "time_to_accuracy-cpu-1.json", record)
+    section = render_results.render(tmp_path)
+    assert "### Time to accuracy (`bench/time_to_accuracy.py`)\n\n**CPU.**" in section
+    assert "| multicrop | simclr | 0 | +4.50 | +4.50 | no |" in section
 
 
 # ---- bench/kernels.py: honest defaults, per-row failures, incremental JSON --------------------------------
