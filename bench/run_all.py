@@ -152,7 +152,8 @@ def pretrain_summary(folder: Path) -> dict:
     out = {}
     metrics = folder / "metrics.jsonl"
     if metrics.exists():
-        rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+        rows = [r for r in (json.loads(line) for line in metrics.read_text().splitlines() if line.strip())
+                if r.get("event", "epoch") == "epoch"]  # kNN rows are points, not epochs
         epochs = [r["epoch_s"] for r in rows]
         out.update(epochs_done=len(rows), epoch_s=epochs, first_epoch_s=epochs[0] if epochs else None,
                    s_per_epoch=statistics.median(epochs[1:]) if len(epochs) > 1 else (epochs[0] if epochs else None),
