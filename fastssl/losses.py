@@ -87,6 +87,41 @@ def supcon_loss(z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor,
     return (lse - mean_pos).mean()
 
 
+def multipositive_loss(zs: list[torch.Tensor], temperature: float = 0.2,
+                       labels: torch.Tensor | None = None) -> torch.Tensor:
+    r"""Multi-positive contrastive loss over V >= 2 views of the same N images (multi-crop SimCLR/SupCon).
+
+    Z = [z_0; z_1; ...; z_{V-1}] has V N rows; row k is view k // N of image i(k) = k mod N, and
+    u_k, s_kl are as in the module docstring. Row k's group is g(k) = i(k) (``labels`` None: the
+    self-supervised case, every view of an image is a positive) or g(k) = labels[i(k)] (SupCon: every
+    view of every same-class image). With P(k) = {l != k : g(l) = g(k)}::
+
+        l_k = -(1/|P(k)|) \sum_{p in P(k)} s_kp + log \sum_{l != k} exp(s_kl),    L = mean_k l_k
+
+    the SupCon "L_out" form: each positive weighs 1/|P(k)| and the denominator runs over all the
+    other V N - 1 rows (P(k) always holds the V - 1 other views of k's image). With V = 2 it is
+    ``ntxent_loss(z0, z1, variant="simclr")`` (labels None: P(k) = {p(k)}) and ``supcon_loss``
+    (labels given). DARe's decoupled variant has no multi-view form here: DARe averages its two-view
+    loss over view pairs instead (``fastssl.methods.dare``).
+    """
+    if len(zs) < 2:
+        raise ValueError(f"need at least 2 views, got {len(zs)}")
+    n = zs[0].shape[0]
+    if any(z.shape != zs[0].shape or z.dim() != 2 for z in zs):
+        raise ValueError(f"every view's embeddings must be (N, d) of one shape, got {[tuple(z.shape) for z in zs]}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if labels is not None and labels.shape != (n,):
+        raise ValueError(f"labels must have shape ({n},), got {tuple(labels.shape)}")
+    group = (labels if labels is not None else torch.arange(n, device=zs[0].device)).repeat(len(zs))
+    u = F.normalize(torch.cat(zs), dim=1)
+    s = u @ u.T / temperature
+    self_mask = torch.eye(s.shape[0], dtype=torch.bool, device=s.device)
+    positives = (group[:, None] == group[None, :]) & ~self_mask
+    lse = torch.logsumexp(s.masked_fill(self_mask, float("-inf")), dim=1)
+    return (lse - (s * positives).sum(1) / positives.sum(1)).mean()
+
+
 def contrastive_rows_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float, rows: torch.Tensor,
                           labels: torch.Tensor | None = None, variant: str = "simclr") -> torch.Tensor:
     r"""mean over the given ``rows`` k of Z = [z1; z2] of the per-row loss l_k of ``ntxent_loss``

@@ -315,7 +315,7 @@ def _method_step(name, world, rank=0):
         lo, hi = shard_rows(len(y), rank, world)
         v1, v2, y = v1[lo:hi], v2[lo:hi], y[lo:hi]
     torch.manual_seed(7)  # DARe's noise
-    loss = model(v1, v2, y if method.uses_labels else None)["loss"]
+    loss = model([v1, v2], y if method.uses_labels else None)["loss"]
     loss.backward()
     grads = {k: p.grad.clone() for k, p in method.named_parameters() if p.grad is not None}
     buffers = {k: b.clone() for k, b in method.named_buffers()}

@@ -66,7 +66,7 @@ def test_loss_goes_down_on_a_fixed_batch(name):
     y = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
     losses = []
     for step in range(25):
-        loss = model(v1, v2, y if model.uses_labels else None)["loss"]
+        loss = model([v1, v2], y if model.uses_labels else None)["loss"]
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -81,14 +81,14 @@ def test_loss_is_computed_in_fp32_under_autocast(name):
     model = build(name)
     v1, v2, y = torch.randn(4, 3, 16, 16), torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 0, 1])
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss = model(v1, v2, y if model.uses_labels else None)["loss"]
+        loss = model([v1, v2], y if model.uses_labels else None)["loss"]
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
 
 
 def test_supervised_methods_need_labels():
     for name in ("supcon", "triplet"):
         with pytest.raises(ValueError, match="labels"):
-            build(name)(torch.randn(4, 3, 16, 16), torch.randn(4, 3, 16, 16))
+            build(name)([torch.randn(4, 3, 16, 16), torch.randn(4, 3, 16, 16)])
 
 
 @pytest.mark.parametrize("name", NEW)
@@ -97,9 +97,9 @@ def test_end_to_end_loss_goes_down_and_labels_reach_only_supervised(tmp_path, ti
     seen = []
     real_forward = cls.forward
 
-    def spy(self, v1, v2, labels=None):
+    def spy(self, views, labels=None):
         seen.append(labels)
-        return real_forward(self, v1, v2, labels)
+        return real_forward(self, views, labels)
 
     monkeypatch.setattr(cls, "forward", spy)
     assert run(tmp_path, tiny_folder, name, "--epochs", "4", "--lr", "0.1") == 0
