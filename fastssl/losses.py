@@ -281,25 +281,34 @@ def triplet_loss(embeddings: torch.Tensor, labels: torch.Tensor, margin: float =
     eye = torch.eye(m, dtype=torch.bool, device=e.device)
     pos_mask, neg_mask = same & ~eye, ~same
     has_neg = neg_mask.any(1)
-    inf = torch.tensor(float("inf"), dtype=dist.dtype, device=dist.device)
-    zero = e.sum() * 0.0  # the empty-batch answer, still part of the graph
+    # Fixed shapes and no data-dependent branches (one torch.compile graph): every candidate term is
+    # computed, invalid ones are masked out, and the mean divides by max(count, 1), so an empty batch
+    # gives 0, still connected to the graph.
 
     if mining == "batch_hard":
         valid = has_neg & pos_mask.any(1)
-        if not valid.any():
-            return zero
-        hardest_pos = dist.masked_fill(~pos_mask, -inf).amax(1)
-        hardest_neg = dist.masked_fill(~neg_mask, inf).amin(1)
-        return F.relu(hardest_pos - hardest_neg + margin)[valid].mean()
+        hardest_pos = dist.masked_fill(~pos_mask, float("-inf")).amax(1)
+        hardest_neg = dist.masked_fill(~neg_mask, float("inf")).amin(1)
+        terms = torch.where(valid, F.relu(hardest_pos - hardest_neg + margin), 0.0)
+        return terms.sum() / valid.sum().clamp_min(1)
 
-    a_idx, p_idx = torch.nonzero(pos_mask & has_neg[:, None], as_tuple=True)
-    if a_idx.numel() == 0:
-        return zero
-    d_ap = dist[a_idx, p_idx]                                  # (P,)
-    d_an = dist[a_idx]                                         # (P, M): the anchor's row
-    negs = neg_mask[a_idx]
-    semihard = negs & (d_an > d_ap[:, None]) & (d_an < d_ap[:, None] + margin)
-    closest_semihard = d_an.masked_fill(~semihard, inf).amin(1)
-    hardest = d_an.masked_fill(~negs, inf).amin(1)
-    d_neg = torch.where(semihard.any(1), closest_semihard, hardest)
-    return F.relu(d_ap - d_neg + margin).mean()
+    # Semi-hard, as an (M, M) search instead of an (M, M, M) mask: sort each anchor's negative
+    # distances (non-negatives last, at +inf); for the pair (a, p) the closest semi-hard negative is the
+    # first sorted one > d(a, p) (searchsorted), if it is < d(a, p) + margin; else the hardest, sorted[0].
+    valid = pos_mask & has_neg[:, None]                              # (a, p) terms
+    neg_sorted = dist.masked_fill(~neg_mask, float("inf")).sort(dim=1).values
+    d_ap = dist.detach().contiguous()
+    first_above = torch.searchsorted(neg_sorted.detach(), d_ap, right=True).clamp_max(m - 1)
+    above = neg_sorted.detach().gather(1, first_above)
+    semihard = (above > d_ap) & (above < d_ap + margin)
+    chosen = torch.where(semihard, above, neg_sorted.detach()[:, :1])  # the negative distance of (a, p)
+    # Its gradient is shared equally among tied negatives (amin semantics): the mean of the sorted run
+    # [lo, hi) equal to it, from prefix sums (whose value is replaced by the exact one).
+    lo = torch.searchsorted(neg_sorted.detach(), chosen, right=False)
+    hi = torch.searchsorted(neg_sorted.detach(), chosen, right=True)
+    finite = neg_sorted.masked_fill(torch.isinf(neg_sorted), 0.0)
+    prefix = F.pad(finite.cumsum(1), (1, 0))
+    run_mean = (prefix.gather(1, hi) - prefix.gather(1, lo)) / (hi - lo).clamp_min(1)
+    d_neg = chosen + (run_mean - run_mean.detach())
+    terms = torch.where(valid, F.relu(dist - d_neg + margin), 0.0)
+    return terms.sum() / valid.sum().clamp_min(1)
