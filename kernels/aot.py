@@ -49,12 +49,12 @@ def dare_specs(dtype: torch.dtype, d: int = 128, n: int = 512, has_eps: bool = F
     t = _DTYPE_STR[dtype]
     const = dict(BLOCK_R=cfg["BLOCK_R"], BLOCK_D=cfg["BLOCK_D"], HAS_EPS=has_eps)
     options = dict(num_warps=cfg["num_warps"])
-    scalars = dict(n="i32", d="i32", seed="i32")
+    scalars = dict(n="i32", d="i32")
     fwd_ptrs = {k: f"*{t}" for k in ("MU1", "LV1", "MU2", "LV2", "EPS1", "EPS2", "Z1", "Z2")}
-    fwd_ptrs["JSD_ROWS"] = "*fp32"
+    fwd_ptrs.update(JSD_ROWS="*fp32", SEED="*i64")
     bwd_ptrs = {k: f"*{t}" for k in ("MU1", "LV1", "MU2", "LV2", "EPS1", "EPS2", "GZ1", "GZ2",
                                      "DMU1", "DLV1", "DMU2", "DLV2")}
-    bwd_ptrs["GJSD"] = "*fp32"
+    bwd_ptrs.update(GJSD="*fp32", SEED="*i64")
     fwd = dare._reparam_jsd_fwd_kernel
     bwd = dare._reparam_jsd_bwd_kernel
     return [(fwd, _signature(fwd, fwd_ptrs, scalars), const, options),

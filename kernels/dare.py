@@ -14,7 +14,10 @@ Gradients, with w1 = s1/(s1 + s2) = dlv/da, w2 = 1 - w1 = dlv/db and gJ = dL/djs
 
 Noise: with a ``seed`` the kernel draws eps from Triton's counter-based Philox generator
 (``tl.randn(seed, offset)``, offset = flat element index for view 1 and N d + index for view 2); the
-backward kernel regenerates exactly the same eps from (seed, offset), so eps is never stored. With
+backward kernel regenerates exactly the same eps from (seed, offset), so eps is never stored. The seed is
+a 0-dim int64 tensor that the kernels read from memory (``tl.load``): ``draw_seed(device)`` draws it with
+torch's generator of that device, so a training step needs no host synchronisation (no ``.item()``) and
+``torch.manual_seed`` still makes the noise reproducible. With
 explicit ``eps1``/``eps2`` the kernel reads them instead (for exact comparison with ``reparameterize``).
 Inputs may be fp32/bf16/fp16; all arithmetic is fp32; z has the input dtype, jsd is an fp32 scalar.
 """
@@ -36,10 +39,12 @@ _LN2 = tl.constexpr(0.6931471805599453)
 @lazy_kernel
 def _reparam_jsd_fwd_kernel(
     MU1, LV1, MU2, LV2, EPS1, EPS2, Z1, Z2, JSD_ROWS,
-    n, d, seed,
+    n, d, SEED,
     HAS_EPS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     pid = tl.program_id(0)
+    if not HAS_EPS:
+        seed = tl.load(SEED)  # int64 Philox key, read on the device
     rows = pid * BLOCK_R + tl.arange(0, BLOCK_R)
     row_ok = rows < n
     acc = tl.zeros([BLOCK_R], dtype=tl.float32)
@@ -72,11 +77,13 @@ def _reparam_jsd_fwd_kernel(
 def _reparam_jsd_bwd_kernel(
     MU1, LV1, MU2, LV2, EPS1, EPS2, GZ1, GZ2, GJSD,
     DMU1, DLV1, DMU2, DLV2,
-    n, d, seed,
+    n, d, SEED,
     HAS_EPS: tl.constexpr, HAS_GZ1: tl.constexpr, HAS_GZ2: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     pid = tl.program_id(0)
+    if not HAS_EPS:
+        seed = tl.load(SEED)
     rows = pid * BLOCK_R + tl.arange(0, BLOCK_R)
     row_ok = rows < n
     g_j = tl.load(GJSD).to(tl.float32)  # dL/djsd / N, read on the device: no host sync
@@ -132,7 +139,7 @@ def launch_config(n: int, d: int, interpret: bool) -> dict:
     return dict(BLOCK_R=block_r, BLOCK_D=block_d, num_warps=4)
 
 
-def _check(mu1, logvar1, mu2, logvar2, eps1, eps2, seed):
+def _check(mu1, logvar1, mu2, logvar2, eps1, eps2):
     shape = mu1.shape
     if mu1.dim() != 2 or any(t.shape != shape for t in (logvar1, mu2, logvar2)):
         raise ValueError("mu1, logvar1, mu2, logvar2 must all be (N, d) of one shape, got "
@@ -143,16 +150,16 @@ def _check(mu1, logvar1, mu2, logvar2, eps1, eps2, seed):
         raise ValueError("pass both eps1 and eps2, or neither")
     if eps1 is not None and (eps1.shape != shape or eps2.shape != shape):
         raise ValueError("eps1 and eps2 must have the shape of mu1")
-    if eps1 is None and not 0 <= seed < 2**63:
-        raise ValueError(f"seed must be in [0, 2**63), got {seed}")
-
-
-def _seed_value(seed: torch.Tensor) -> int:
-    if seed.numel() != 1 or seed.dtype.is_floating_point:
-        raise ValueError(f"seed must be a one-element integer tensor, got {seed.dtype} of shape {tuple(seed.shape)}")
-    return int(seed.item())  # a CPU tensor (see draw_seed): no device synchronisation
     if 2 * mu1.numel() >= 2**31:
         raise ValueError("2 N d must stay below 2**31 (32-bit Philox offsets)")
+
+
+def _seed_on(seed: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The seed as a one-element int64 tensor on ``device`` (a no-op for ``draw_seed(device)``'s tensors;
+    a CPU seed with CUDA inputs costs one small host-to-device copy)."""
+    if seed.numel() != 1 or seed.dtype.is_floating_point or seed.dtype == torch.bool:
+        raise ValueError(f"seed must be a one-element integer tensor, got {seed.dtype} of shape {tuple(seed.shape)}")
+    return seed.reshape(1).to(device=device, dtype=torch.int64, non_blocking=True)
 
 
 @torch.library.custom_op("ssl_kernels::reparam_jsd_fwd", mutates_args=())
@@ -161,12 +168,13 @@ def reparam_jsd_fwd(mu1: torch.Tensor, logvar1: torch.Tensor, mu2: torch.Tensor,
                     seed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(z1, z2, jsd): eps from (eps1, eps2) when given, else from Philox(seed).
 
-    ``seed`` is a one-element int64 tensor, normally on the CPU, so that drawing it from torch's RNG
-    (``draw_seed``) stays inside a ``torch.compile`` graph instead of forcing a graph break on ``.item()``.
+    ``seed`` is a one-element integer tensor, best on the inputs' device (``draw_seed(mu1.device)``): the
+    kernel reads it from memory, so neither the draw nor the launch synchronises with the host, and the
+    draw stays inside a ``torch.compile`` graph (no graph break on ``.item()``).
     """
-    seed = _seed_value(seed) if eps1 is None else 0
-    _check(mu1, logvar1, mu2, logvar2, eps1, eps2, seed)
+    _check(mu1, logvar1, mu2, logvar2, eps1, eps2)
     check_runnable(mu1, logvar1, mu2, logvar2, eps1, eps2)
+    seed = _seed_on(seed, mu1.device)
     mu1, logvar1, mu2, logvar2 = (t.contiguous() for t in (mu1, logvar1, mu2, logvar2))
     has_eps = eps1 is not None
     e1, e2 = (eps1.contiguous(), eps2.contiguous()) if has_eps else (mu1, mu2)
@@ -192,7 +200,7 @@ def reparam_jsd_bwd(mu1: torch.Tensor, logvar1: torch.Tensor, mu2: torch.Tensor,
                     g_jsd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients (dmu1, dlogvar1, dmu2, dlogvar2); eps regenerated from seed unless given."""
     check_runnable(mu1, logvar1, mu2, logvar2, eps1, eps2, g_z1, g_z2, g_jsd)
-    seed = _seed_value(seed) if eps1 is None else 0
+    seed = _seed_on(seed, mu1.device)
     mu1, logvar1, mu2, logvar2 = (t.contiguous() for t in (mu1, logvar1, mu2, logvar2))
     has_eps = eps1 is not None
     e1, e2 = (eps1.contiguous(), eps2.contiguous()) if has_eps else (mu1, mu2)
@@ -231,10 +239,12 @@ def _backward(ctx, g_z1, g_z2, g_jsd):
 reparam_jsd_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
-def draw_seed() -> torch.Tensor:
-    """A kernel seed from torch's default CPU generator, as a 0-dim int64 CPU tensor: ``torch.manual_seed``
-    makes runs reproducible, and under ``torch.compile`` the draw is part of the graph (no ``.item()``)."""
-    return torch.randint(0, 2**31 - 1, (), dtype=torch.int64)
+def draw_seed(device: torch.device | str | None = None) -> torch.Tensor:
+    """A kernel seed drawn from torch's default generator of ``device`` (default: the CPU, as before), a
+    0-dim int64 tensor on that device. ``draw_seed(mu1.device)`` keeps a CUDA training step free of host
+    synchronisation (the kernel loads the seed); ``torch.manual_seed`` makes runs reproducible, and under
+    ``torch.compile`` the draw is part of the graph."""
+    return torch.randint(0, 2**31 - 1, (), dtype=torch.int64, device=device)
 
 
 def fused_reparam_jsd(mu1: torch.Tensor, logvar1: torch.Tensor, mu2: torch.Tensor, logvar2: torch.Tensor,
@@ -242,15 +252,18 @@ def fused_reparam_jsd(mu1: torch.Tensor, logvar1: torch.Tensor, mu2: torch.Tenso
                       eps2: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Fused ``(reparameterize(mu1, logvar1), reparameterize(mu2, logvar2), gaussian_jsd(...))``.
 
-    Give explicit ``eps1``/``eps2`` for a deterministic match with the reference, or a ``seed`` (an int or
-    a one-element integer tensor) for in-kernel Philox noise (same seed -> same noise); with neither, a
-    seed is drawn from torch's RNG. The eps tensors get no gradient. jsd is an fp32 scalar.
+    Give explicit ``eps1``/``eps2`` for a deterministic match with the reference, or a ``seed`` (an int, or
+    a one-element integer tensor, ideally on the inputs' device) for in-kernel Philox noise (same seed ->
+    same noise); with neither, a seed is drawn from torch's generator of the inputs' device. The eps
+    tensors get no gradient. jsd is an fp32 scalar.
     """
     if eps1 is None and eps2 is None:
         if seed is None:
-            seed = draw_seed()
+            seed = draw_seed(mu1.device)
         elif not isinstance(seed, torch.Tensor):
-            seed = torch.tensor(int(seed), dtype=torch.int64)
+            if not 0 <= int(seed) < 2**63:
+                raise ValueError(f"seed must be in [0, 2**63), got {seed}")
+            seed = torch.tensor(int(seed), dtype=torch.int64, device=mu1.device)
     else:
-        seed = torch.zeros((), dtype=torch.int64)  # unused with explicit eps
+        seed = torch.zeros((), dtype=torch.int64, device=mu1.device)  # unused with explicit eps
     return torch.ops.ssl_kernels.reparam_jsd_fwd(mu1, logvar1, mu2, logvar2, eps1, eps2, seed)

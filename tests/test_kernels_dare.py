@@ -13,7 +13,7 @@ pytest.importorskip("triton")
 
 from fastssl import losses  # noqa: E402
 from kernels import dare as kd  # noqa: E402
-from kernels import dispatch  # noqa: E402
+from fastssl import dispatch  # noqa: E402
 
 SHAPES = [(1, 8), (2, 8), (3, 24), (17, 130), (64, 128), (130, 3)]
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -235,3 +235,45 @@ def test_seed_forms(interpret):
     assert torch.isfinite(a[0]).all()
     with pytest.raises(ValueError, match="seed"):
         kd.fused_reparam_jsd(*inputs, seed=-1)
+
+
+def test_seed_is_read_by_the_kernel_not_the_host(interpret, monkeypatch):
+    """The seed tensor goes to the kernel as a pointer: no .item()/int() of it on the host (on a GPU that would
+    synchronise the step), and the noise equals the int seed's."""
+    inputs, _ = make_inputs(5, 12)
+    want = kd.fused_reparam_jsd(*inputs, seed=77)
+    seed = kd.draw_seed()
+    seed.fill_(77)
+
+    def refuse(*_):
+        raise AssertionError("the seed was read on the host")
+    monkeypatch.setattr(torch.Tensor, "item", refuse)
+    monkeypatch.setattr(torch.Tensor, "__int__", refuse)
+    monkeypatch.setattr(torch.Tensor, "__index__", refuse)
+    got = kd.fused_reparam_jsd(*[t.requires_grad_() for t in inputs], seed=seed)
+    (got[0].sum() + got[2]).backward()
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+def test_draw_seed_device(interpret):
+    torch.manual_seed(11)
+    a = kd.draw_seed()
+    torch.manual_seed(11)
+    b = kd.draw_seed("cpu")
+    assert a.shape == () and a.dtype == torch.int64 and a.device.type == "cpu" and torch.equal(a, b)
+    assert 0 <= int(a) < 2**31
+    with pytest.raises(ValueError, match="seed"):
+        kd.reparam_jsd_fwd(*(torch.zeros(2, 3),) * 4, None, None, torch.tensor(1.5))
+
+
+@cuda
+def test_gpu_device_seed(monkeypatch):
+    """A seed drawn on the GPU, a CPU seed and an int seed give the same noise."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    x = [torch.randn(64, 40, device="cuda") for _ in range(4)]
+    seed = kd.draw_seed("cuda")
+    assert seed.device.type == "cuda"
+    a = kd.fused_reparam_jsd(*x, seed=seed)
+    b = kd.fused_reparam_jsd(*x, seed=seed.cpu())
+    c = kd.fused_reparam_jsd(*x, seed=int(seed))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[0], c[0])
