@@ -145,8 +145,8 @@ def _global_noise(mu: torch.Tensor) -> torch.Tensor:
 def reparam_jsd(mu1, logvar1, mu2, logvar2, backend="torch"):
     """(z1, z2, jsd): both views reparameterised with fresh N(0, I) noise, and their Gaussian JSD.
 
-    On the Triton path the noise comes from the kernel's Philox generator; its seed is drawn from torch's
-    default generator, so ``torch.manual_seed`` makes runs reproducible (the noise differs from the
+    On the Triton path the noise comes from the kernel's Philox generator; its seed is drawn on the input's device from
+    torch's default generator of that device, so ``torch.manual_seed`` makes runs reproducible (the noise differs from the
     reference's ``torch.randn`` stream, it is not the same sample).
     """
     _check_backend(backend)
@@ -163,7 +163,8 @@ def reparam_jsd(mu1, logvar1, mu2, logvar2, backend="torch"):
     if backend == "triton":
         check_runnable(mu1, logvar1, mu2, logvar2)
         from kernels.dare import draw_seed, fused_reparam_jsd
-        return fused_reparam_jsd(mu1, logvar1, mu2, logvar2, seed=draw_seed())  # a CPU tensor: compile-friendly
+        # the seed is drawn on the device, inside a compiled graph, and read by the kernel: no host sync
+        return fused_reparam_jsd(mu1, logvar1, mu2, logvar2, seed=draw_seed(mu1.device))
     z1 = losses.reparameterize(mu1, logvar1)
     z2 = losses.reparameterize(mu2, logvar2)
     return z1, z2, losses.gaussian_jsd(mu1, logvar1, mu2, logvar2)
