@@ -145,9 +145,9 @@ def _global_noise(mu: torch.Tensor) -> torch.Tensor:
 def reparam_jsd(mu1, logvar1, mu2, logvar2, backend="torch"):
     """(z1, z2, jsd): both views reparameterised with fresh N(0, I) noise, and their Gaussian JSD.
 
-    On the Triton path the noise comes from the kernel's Philox generator; its seed is drawn on the input's device from
-    torch's default generator of that device, so ``torch.manual_seed`` makes runs reproducible (the noise differs from the
-    reference's ``torch.randn`` stream, it is not the same sample).
+    On the Triton path the noise comes from the kernel's Philox generator; its seed is drawn on the input's
+    device from torch's generator of that device, so ``torch.manual_seed`` makes runs reproducible (the noise
+    differs from the reference's ``torch.randn`` stream, it is not the same sample).
     """
     _check_backend(backend)
     if distributed.enabled():
