@@ -4,8 +4,9 @@
 
 Both views of an image are positives of each other, as are all same-class images; negatives are
 the other classes. Local views (multi-crop) join the batch the same way: all V views of an image, and
-of its class, are positives (embeddings [e_0; ...; e_{V-1}], labels [y; ...; y]). Semi-hard mining by default (``--triplet-mining batch_hard`` for the hardest
-positive/negative per anchor), margin m = 0.2 on squared distances of L2-normalised embeddings.
+of its class, are positives (embeddings [e_0; ...; e_{V-1}], labels [y; ...; y]). Semi-hard mining
+by default (``--triplet-mining batch_hard`` for the hardest positive/negative per anchor), margin
+m = 0.2 on squared distances of L2-normalised embeddings.
 
 Recipe (no public CIFAR reference; our choice): SGD lr 0.4 per 256 images, weight decay 1e-5,
 projector 2048 -> 256, like SupCon, so the two supervised methods differ only in the loss.
