@@ -168,7 +168,7 @@ def test_byol_target_not_optimised_but_checkpointed(tmp_path, tiny_folder):
     assert in_groups.isdisjoint(id(p) for p in model.target_parameters())
     assert in_groups == {id(p) for p in model.parameters() if p.requires_grad}
     # The target gets no gradient from the loss.
-    model(torch.randn(4, 3, 16, 16), torch.randn(4, 3, 16, 16))["loss"].backward()
+    model([torch.randn(4, 3, 16, 16), torch.randn(4, 3, 16, 16)])["loss"].backward()
     assert all(p.grad is None for p in model.target_parameters())
 
     assert run(tmp_path, tiny_folder, "byol", "--epochs", "1") == 0
