@@ -62,10 +62,16 @@ def step(model, method, views, labels, seed):
 
 
 def assert_same(got, want, what):
+    """fp32 with inductor's own fusion and reduction order: each gradient to 1e-3 relative, with an absolute
+    floor of 1e-4 of that tensor's largest entry plus 1e-6 of the largest gradient anywhere (measured:
+    Barlow's largest gradient is 45, SimCLR's 5.6; a 1e-5 floor failed on 1 of 2048 entries by 1.5e-5, and
+    the projector's last bias, whose exact gradient is 0 under Barlow's batch standardisation, gets ~1e-6)."""
     torch.testing.assert_close(got[0], want[0], rtol=1e-4, atol=1e-5, msg=lambda m: f"{what} loss: {m}")
     assert got[1].keys() == want[1].keys() and len(want[1]) > 10, what
+    largest = max(g.abs().max().item() for g in want[1].values())
     for k in want[1]:
-        torch.testing.assert_close(got[1][k], want[1][k], rtol=1e-3, atol=1e-5, msg=lambda m: f"{what} {k}: {m}")
+        floor = 1e-4 * want[1][k].abs().max().item() + 1e-6 * largest
+        torch.testing.assert_close(got[1][k], want[1][k], rtol=1e-3, atol=floor, msg=lambda m: f"{what} {k}: {m}")
 
 
 @pytest.fixture(autouse=True)
