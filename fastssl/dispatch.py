@@ -88,6 +88,36 @@ def contrastive_loss(z1, z2, temperature, labels=None, variant="simclr", backend
     return losses.ntxent_loss(z1, z2, temperature, variant=variant)
 
 
+def multiview_contrastive_loss(zs, temperature, labels=None, backend="torch"):
+    """The contrastive loss of V >= 2 views of the same images (``losses.multipositive_loss``: every
+    view of an image, or with ``labels`` of its class, is a positive).
+
+    V = 2: exactly ``contrastive_loss(zs[0], zs[1], ...)`` (NT-Xent, or SupCon with labels).
+    V > 2 and even: the Triton kernel's SupCon path, which sees rows [z1; z2] with labels [y; y]: z1 is
+    the first V/2 views stacked, z2 the others, and y the image identities (or the class labels)
+    repeated V/2 times; every row then has exactly the group of ``multipositive_loss``, and the loss,
+    a mean over rows with label-defined positives, does not depend on the row order. Works under
+    torch.distributed like ``contrastive_loss`` (identities are offset by rank * n: unique globally).
+    V > 2 and odd: the kernel's [y; y] layout cannot hold an odd number of rows per image, so the
+    reference loss runs (on the gathered views under torch.distributed: every rank the same global loss).
+    """
+    if len(zs) == 2:
+        return contrastive_loss(zs[0], zs[1], temperature, labels=labels, backend=backend)
+    _check_backend(backend)
+    n = zs[0].shape[0]
+    if labels is None:
+        first = distributed.rank() * n if distributed.enabled() else 0
+        labels = torch.arange(first, first + n, device=zs[0].device)
+    half = len(zs) // 2
+    if len(zs) % 2 == 0:
+        return contrastive_loss(torch.cat(zs[:half]), torch.cat(zs[half:]), temperature, labels=labels.repeat(half),
+                                backend=backend)
+    if distributed.enabled():
+        gathered = [distributed.all_gather_with_grad(z) for z in zs]
+        return losses.multipositive_loss(gathered, temperature, distributed.all_gather_nograd(labels))
+    return losses.multipositive_loss(zs, temperature, labels)
+
+
 @torch.compiler.disable  # collectives: a graph break under torch.compile
 def _gathered_contrastive_loss(z1, z2, temperature, labels, variant, backend):
     if backend == "triton":
@@ -115,9 +145,9 @@ def _global_noise(mu: torch.Tensor) -> torch.Tensor:
 def reparam_jsd(mu1, logvar1, mu2, logvar2, backend="torch"):
     """(z1, z2, jsd): both views reparameterised with fresh N(0, I) noise, and their Gaussian JSD.
 
-    On the Triton path the noise comes from the kernel's Philox generator; its seed is drawn from torch's
-    default generator, so ``torch.manual_seed`` makes runs reproducible (the noise differs from the
-    reference's ``torch.randn`` stream, it is not the same sample).
+    On the Triton path the noise comes from the kernel's Philox generator; its seed is drawn on the input's
+    device from torch's generator of that device, so ``torch.manual_seed`` makes runs reproducible (the noise
+    differs from the reference's ``torch.randn`` stream, it is not the same sample).
     """
     _check_backend(backend)
     if distributed.enabled():
@@ -133,7 +163,8 @@ def reparam_jsd(mu1, logvar1, mu2, logvar2, backend="torch"):
     if backend == "triton":
         check_runnable(mu1, logvar1, mu2, logvar2)
         from kernels.dare import draw_seed, fused_reparam_jsd
-        return fused_reparam_jsd(mu1, logvar1, mu2, logvar2, seed=draw_seed())  # a CPU tensor: compile-friendly
+        # the seed is drawn on the device, inside a compiled graph, and read by the kernel: no host sync
+        return fused_reparam_jsd(mu1, logvar1, mu2, logvar2, seed=draw_seed(mu1.device))
     z1 = losses.reparameterize(mu1, logvar1)
     z2 = losses.reparameterize(mu2, logvar2)
     return z1, z2, losses.gaussian_jsd(mu1, logvar1, mu2, logvar2)

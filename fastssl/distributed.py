@@ -103,11 +103,15 @@ def shutdown() -> None:
 # Collectives
 # ------------------------------------------------------------------------------------------------
 
-@torch.compiler.disable
 def all_gather_nograd(x: torch.Tensor) -> torch.Tensor:
-    """Rows of every rank concatenated in rank order (all ranks must hold the same shape); no gradient."""
-    if not enabled():
-        return x
+    """Rows of every rank concatenated in rank order (all ranks must hold the same shape); no gradient.
+    Without a process group: ``x`` itself, traced by torch.compile without a graph break (the
+    collectives behind the group check stay outside the graph)."""
+    return _all_gather_nograd(x) if enabled() else x
+
+
+@torch.compiler.disable
+def _all_gather_nograd(x: torch.Tensor) -> torch.Tensor:
     parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
     dist.all_gather(parts, x.contiguous())
     return torch.cat(parts)
@@ -129,7 +133,6 @@ class _AllGather(torch.autograd.Function):
         return grad[lo:lo + ctx.rows]
 
 
-@torch.compiler.disable  # a graph break: dynamo does not trace the collectives of an autograd.Function
 def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     """(K n, ...) concatenation of every rank's (n, ...) rows, differentiable. Identity without a group.
 
@@ -137,7 +140,12 @@ def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     per-rank losses whose mean over ranks is the global loss L (see the module docstring), this
     gives K dL/dx_r, which DDP's averaging turns into the single-process parameter gradient.
     """
-    return _AllGather.apply(x) if enabled() else x
+    return _all_gather_with_grad(x) if enabled() else x
+
+
+@torch.compiler.disable  # a graph break (with a group only): dynamo does not trace an autograd.Function's collectives
+def _all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    return _AllGather.apply(x)
 
 
 class _AllReduceSum(torch.autograd.Function):
@@ -154,10 +162,14 @@ class _AllReduceSum(torch.autograd.Function):
         return grad
 
 
-@torch.compiler.disable
 def all_reduce_sum_with_grad(x: torch.Tensor) -> torch.Tensor:
     """sum over ranks of x, differentiable (backward: the sum over ranks of the gradients)."""
-    return _AllReduceSum.apply(x) if enabled() else x
+    return _all_reduce_sum_with_grad(x) if enabled() else x
+
+
+@torch.compiler.disable
+def _all_reduce_sum_with_grad(x: torch.Tensor) -> torch.Tensor:
+    return _AllReduceSum.apply(x)
 
 
 def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:

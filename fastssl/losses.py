@@ -87,6 +87,41 @@ def supcon_loss(z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor,
     return (lse - mean_pos).mean()
 
 
+def multipositive_loss(zs: list[torch.Tensor], temperature: float = 0.2,
+                       labels: torch.Tensor | None = None) -> torch.Tensor:
+    r"""Multi-positive contrastive loss over V >= 2 views of the same N images (multi-crop SimCLR/SupCon).
+
+    Z = [z_0; z_1; ...; z_{V-1}] has V N rows; row k is view k // N of image i(k) = k mod N, and
+    u_k, s_kl are as in the module docstring. Row k's group is g(k) = i(k) (``labels`` None: the
+    self-supervised case, every view of an image is a positive) or g(k) = labels[i(k)] (SupCon: every
+    view of every same-class image). With P(k) = {l != k : g(l) = g(k)}::
+
+        l_k = -(1/|P(k)|) \sum_{p in P(k)} s_kp + log \sum_{l != k} exp(s_kl),    L = mean_k l_k
+
+    the SupCon "L_out" form: each positive weighs 1/|P(k)| and the denominator runs over all the
+    other V N - 1 rows (P(k) always holds the V - 1 other views of k's image). With V = 2 it is
+    ``ntxent_loss(z0, z1, variant="simclr")`` (labels None: P(k) = {p(k)}) and ``supcon_loss``
+    (labels given). DARe's decoupled variant has no multi-view form here: DARe averages its two-view
+    loss over view pairs instead (``fastssl.methods.dare``).
+    """
+    if len(zs) < 2:
+        raise ValueError(f"need at least 2 views, got {len(zs)}")
+    n = zs[0].shape[0]
+    if any(z.shape != zs[0].shape or z.dim() != 2 for z in zs):
+        raise ValueError(f"every view's embeddings must be (N, d) of one shape, got {[tuple(z.shape) for z in zs]}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if labels is not None and labels.shape != (n,):
+        raise ValueError(f"labels must have shape ({n},), got {tuple(labels.shape)}")
+    group = (labels if labels is not None else torch.arange(n, device=zs[0].device)).repeat(len(zs))
+    u = F.normalize(torch.cat(zs), dim=1)
+    s = u @ u.T / temperature
+    self_mask = torch.eye(s.shape[0], dtype=torch.bool, device=s.device)
+    positives = (group[:, None] == group[None, :]) & ~self_mask
+    lse = torch.logsumexp(s.masked_fill(self_mask, float("-inf")), dim=1)
+    return (lse - (s * positives).sum(1) / positives.sum(1)).mean()
+
+
 def contrastive_rows_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float, rows: torch.Tensor,
                           labels: torch.Tensor | None = None, variant: str = "simclr") -> torch.Tensor:
     r"""mean over the given ``rows`` k of Z = [z1; z2] of the per-row loss l_k of ``ntxent_loss``
@@ -246,25 +281,34 @@ def triplet_loss(embeddings: torch.Tensor, labels: torch.Tensor, margin: float =
     eye = torch.eye(m, dtype=torch.bool, device=e.device)
     pos_mask, neg_mask = same & ~eye, ~same
     has_neg = neg_mask.any(1)
-    inf = torch.tensor(float("inf"), dtype=dist.dtype, device=dist.device)
-    zero = e.sum() * 0.0  # the empty-batch answer, still part of the graph
+    # Fixed shapes and no data-dependent branches (one torch.compile graph): every candidate term is
+    # computed, invalid ones are masked out, and the mean divides by max(count, 1), so an empty batch
+    # gives 0, still connected to the graph.
 
     if mining == "batch_hard":
         valid = has_neg & pos_mask.any(1)
-        if not valid.any():
-            return zero
-        hardest_pos = dist.masked_fill(~pos_mask, -inf).amax(1)
-        hardest_neg = dist.masked_fill(~neg_mask, inf).amin(1)
-        return F.relu(hardest_pos - hardest_neg + margin)[valid].mean()
+        hardest_pos = dist.masked_fill(~pos_mask, float("-inf")).amax(1)
+        hardest_neg = dist.masked_fill(~neg_mask, float("inf")).amin(1)
+        terms = torch.where(valid, F.relu(hardest_pos - hardest_neg + margin), 0.0)
+        return terms.sum() / valid.sum().clamp_min(1)
 
-    a_idx, p_idx = torch.nonzero(pos_mask & has_neg[:, None], as_tuple=True)
-    if a_idx.numel() == 0:
-        return zero
-    d_ap = dist[a_idx, p_idx]                                  # (P,)
-    d_an = dist[a_idx]                                         # (P, M): the anchor's row
-    negs = neg_mask[a_idx]
-    semihard = negs & (d_an > d_ap[:, None]) & (d_an < d_ap[:, None] + margin)
-    closest_semihard = d_an.masked_fill(~semihard, inf).amin(1)
-    hardest = d_an.masked_fill(~negs, inf).amin(1)
-    d_neg = torch.where(semihard.any(1), closest_semihard, hardest)
-    return F.relu(d_ap - d_neg + margin).mean()
+    # Semi-hard, as an (M, M) search instead of an (M, M, M) mask: sort each anchor's negative
+    # distances (non-negatives last, at +inf); for the pair (a, p) the closest semi-hard negative is the
+    # first sorted one > d(a, p) (searchsorted), if it is < d(a, p) + margin; else the hardest, sorted[0].
+    valid = pos_mask & has_neg[:, None]                              # (a, p) terms
+    neg_sorted = dist.masked_fill(~neg_mask, float("inf")).sort(dim=1).values
+    d_ap = dist.detach().contiguous()
+    first_above = torch.searchsorted(neg_sorted.detach(), d_ap, right=True).clamp_max(m - 1)
+    above = neg_sorted.detach().gather(1, first_above)
+    semihard = (above > d_ap) & (above < d_ap + margin)
+    chosen = torch.where(semihard, above, neg_sorted.detach()[:, :1])  # the negative distance of (a, p)
+    # Its gradient is shared equally among tied negatives (amin semantics): the mean of the sorted run
+    # [lo, hi) equal to it, from prefix sums (whose value is replaced by the exact one).
+    lo = torch.searchsorted(neg_sorted.detach(), chosen, right=False)
+    hi = torch.searchsorted(neg_sorted.detach(), chosen, right=True)
+    finite = neg_sorted.masked_fill(torch.isinf(neg_sorted), 0.0)
+    prefix = F.pad(finite.cumsum(1), (1, 0))
+    run_mean = (prefix.gather(1, hi) - prefix.gather(1, lo)) / (hi - lo).clamp_min(1)
+    d_neg = chosen + (run_mean - run_mean.detach())
+    terms = torch.where(valid, F.relu(dist - d_neg + margin), 0.0)
+    return terms.sum() / valid.sum().clamp_min(1)

@@ -410,7 +410,7 @@ def _train(cfg: Config, device: torch.device) -> dict | None:
             for group in opt.param_groups:
                 group["lr"] = peak_lr if group.get("fixed_lr") else lr
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                result = model(v1, v2, y if method.uses_labels else None)
+                result = model([v1, v2], y if method.uses_labels else None)
             opt.zero_grad(set_to_none=True)
             scaler.scale(result["loss"]).backward()
             scaler.step(opt)

@@ -182,13 +182,20 @@ def _linear():
     return torch.nn.Linear(FEAT, DIM)
 
 
-LOSS_CASES = ["simclr", "decoupled", "supcon", "barlow", "triplet"]
+# multiview<V> / supcon-multiview<V>: V views of each image (the two inputs and derived ones), the
+# multi-positive loss through dispatch.multiview_contrastive_loss (V even: the SupCon path; V odd: the
+# gathered reference)
+LOSS_CASES = ["simclr", "decoupled", "supcon", "barlow", "triplet", "multiview4", "multiview3", "supcon-multiview4"]
 
 
 def _loss(case, z1, z2, y, backend="torch"):
     """The loss a rank back-propagates for ``case``, written as the methods write it."""
     from fastssl import losses
     from fastssl import dispatch
+    if "multiview" in case:
+        zs = [z1, z2, z1 + z2, z2 - 0.5 * z1][:int(case[-1])]
+        labels = y if case.startswith("supcon") else None
+        return dispatch.multiview_contrastive_loss(zs, 0.3, labels=labels, backend=backend)
     if case in ("simclr", "decoupled"):
         return dispatch.contrastive_loss(z1, z2, 0.3, variant=case, backend=backend)
     if case == "supcon":
@@ -240,7 +247,7 @@ def _check_losses(out, backend, cases):
                 torch.testing.assert_close(g, ref, rtol=1e-4, atol=1e-6, msg=lambda m: f"{case}: {m}")
 
 
-FUSED_CASES = ["simclr", "decoupled", "supcon"]
+FUSED_CASES = ["simclr", "decoupled", "supcon", "multiview4", "supcon-multiview4"]
 
 
 def _has_triton() -> bool:
@@ -253,6 +260,8 @@ def _collectives_worker(rank, world, out):
     if _has_triton():
         _losses(rank, world, out, "triton", FUSED_CASES)
     torch.save({m: _method_step(m, world, rank) for m in METHODS}, out / f"methods-{rank}.pt")
+    torch.save({m: _method_step(m, world, rank, local_views=True) for m in MULTICROP_METHODS},
+               out / f"multicrop-{rank}.pt")
 
 
 @pytest.fixture(scope="module")
@@ -299,23 +308,30 @@ def _method(name, world):
     return distributed.convert_batchnorm(m, torch.device("cpu")) if world > 1 else m
 
 
-def _views():
+# with 2 global + 2 local views (3 for the contrastive ones: the odd, gathered-reference route)
+MULTICROP_METHODS = ["simclr", "supcon", "dare", "byol", "barlow"]
+
+
+def _views(local_views=False, name=""):
     g = torch.Generator().manual_seed(2)
     v1, v2 = torch.randn(8, 3, 16, 16, generator=g).double(), torch.randn(8, 3, 16, 16, generator=g).double()
-    return v1, v2, torch.tensor([0, 1, 0, 2, 1, 1, 0, 2])
+    local = [torch.randn(8, 3, 8, 8, generator=g).double() for _ in range(2)] if local_views else []
+    if name in ("simclr", "supcon"):
+        local = local[:1]
+    return [v1, v2, *local], torch.tensor([0, 1, 0, 2, 1, 1, 0, 2])
 
 
-def _method_step(name, world, rank=0):
+def _method_step(name, world, rank=0, local_views=False):
     """One forward/backward of ``name`` on the global batch (world 1) or this rank's shard (DDP)."""
-    v1, v2, y = _views()
+    views, y = _views(local_views, name)
     method = _method(name, world)
     model = method
     if world > 1:
         model = distributed.wrap_ddp(method, torch.device("cpu"))
         lo, hi = shard_rows(len(y), rank, world)
-        v1, v2, y = v1[lo:hi], v2[lo:hi], y[lo:hi]
+        views, y = [v[lo:hi] for v in views], y[lo:hi]
     torch.manual_seed(7)  # DARe's noise
-    loss = model(v1, v2, y if method.uses_labels else None)["loss"]
+    loss = model(views, y if method.uses_labels else None)["loss"]
     loss.backward()
     grads = {k: p.grad.clone() for k, p in method.named_parameters() if p.grad is not None}
     buffers = {k: b.clone() for k, b in method.named_buffers()}
@@ -336,6 +352,19 @@ def test_methods_with_synced_batchnorm_match_one_process(collectives):
             torch.testing.assert_close(other[m][1][k], grads[k], rtol=1e-4, atol=1e-6)
         for k in buffers:
             torch.testing.assert_close(got[m][2][k], buffers[k], rtol=1e-6, atol=1e-9, msg=lambda s: f"{m} {k}: {s}")
+
+
+def test_methods_with_local_views_match_one_process(collectives):
+    """Multi-crop under DDP: global and local views (the local ones batched through synced BatchNorm)
+    give the single-process loss and gradients (simclr/supcon with 3 views: the gathered reference)."""
+    for rank in range(WORLD):
+        got = torch.load(collectives / f"multicrop-{rank}.pt")
+        for m in MULTICROP_METHODS:
+            loss, grads, _ = _method_step(m, 1, local_views=True)
+            assert got[m][0] == pytest.approx(loss, rel=1e-6), m
+            assert grads.keys() == got[m][1].keys() and len(grads) > 10
+            for k in grads:
+                torch.testing.assert_close(got[m][1][k], grads[k], rtol=1e-4, atol=1e-6, msg=lambda s: f"{m} {k}: {s}")
 
 
 def test_cross_rank_batchnorm_is_batchnorm_without_a_group():

@@ -212,6 +212,10 @@ def test_triplet_ties_and_order():
     dup.requires_grad_(True)
     triplet_loss(dup, torch.tensor([0, 0, 1, 1]), 0.2, "batch_hard").backward()
     assert torch.allclose(dup.grad[2], dup.grad[3])
+    # semi-hard: for (0, 1) the tied pair at 30 deg is the semi-hard negative, for (1, 0) the hardest
+    dup.grad = None
+    triplet_loss(dup, torch.tensor([0, 0, 1, 1]), 0.2, "semihard").backward()
+    assert torch.allclose(dup.grad[2], dup.grad[3]) and dup.grad[2].abs().sum() > 0
 
 
 def test_triplet_degenerate_batches_and_errors():

@@ -66,7 +66,7 @@ def test_loss_goes_down_on_a_fixed_batch(name):
     y = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
     losses = []
     for step in range(25):
-        loss = model(v1, v2, y if model.uses_labels else None)["loss"]
+        loss = model([v1, v2], y if model.uses_labels else None)["loss"]
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -81,14 +81,14 @@ def test_loss_is_computed_in_fp32_under_autocast(name):
     model = build(name)
     v1, v2, y = torch.randn(4, 3, 16, 16), torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 0, 1])
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss = model(v1, v2, y if model.uses_labels else None)["loss"]
+        loss = model([v1, v2], y if model.uses_labels else None)["loss"]
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
 
 
 def test_supervised_methods_need_labels():
     for name in ("supcon", "triplet"):
         with pytest.raises(ValueError, match="labels"):
-            build(name)(torch.randn(4, 3, 16, 16), torch.randn(4, 3, 16, 16))
+            build(name)([torch.randn(4, 3, 16, 16), torch.randn(4, 3, 16, 16)])
 
 
 @pytest.mark.parametrize("name", NEW)
@@ -97,9 +97,9 @@ def test_end_to_end_loss_goes_down_and_labels_reach_only_supervised(tmp_path, ti
     seen = []
     real_forward = cls.forward
 
-    def spy(self, v1, v2, labels=None):
+    def spy(self, views, labels=None):
         seen.append(labels)
-        return real_forward(self, v1, v2, labels)
+        return real_forward(self, views, labels)
 
     monkeypatch.setattr(cls, "forward", spy)
     assert run(tmp_path, tiny_folder, name, "--epochs", "4", "--lr", "0.1") == 0
@@ -168,7 +168,7 @@ def test_byol_target_not_optimised_but_checkpointed(tmp_path, tiny_folder):
     assert in_groups.isdisjoint(id(p) for p in model.target_parameters())
     assert in_groups == {id(p) for p in model.parameters() if p.requires_grad}
     # The target gets no gradient from the loss.
-    model(torch.randn(4, 3, 16, 16), torch.randn(4, 3, 16, 16))["loss"].backward()
+    model([torch.randn(4, 3, 16, 16), torch.randn(4, 3, 16, 16)])["loss"].backward()
     assert all(p.grad is None for p in model.target_parameters())
 
     assert run(tmp_path, tiny_folder, "byol", "--epochs", "1") == 0
@@ -227,3 +227,105 @@ def test_simsiam_predictor_keeps_peak_lr(tmp_path, tiny_folder):
     lrs = [(g.get("fixed_lr", False), g["lr"]) for g in ckpt["optimizer"]["param_groups"]]
     assert all(lr == pytest.approx(peak) for f, lr in lrs if f)
     assert all(lr < 0.2 * peak for f, lr in lrs if not f)  # the rest followed the cosine decay
+
+
+# ------------------------------------------------------------------ many views per image (multi-crop)
+
+ALL = ["simclr", "dare", *NEW]
+
+
+def multicrop_views(n=6, local_sizes=(8, 8), seed=3):
+    """Two 16 px global views and local views of the given sizes, inputs that require grad."""
+    g = torch.Generator().manual_seed(seed)
+    sizes = (16, 16, *local_sizes)
+    return [torch.randn(n, 3, s, s, generator=g).requires_grad_(True) for s in sizes]
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_every_method_takes_global_and_local_views(name):
+    model = build(name)
+    vs = multicrop_views()
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    out = model(vs, y if model.uses_labels else None)
+    loss = out["loss"]
+    assert loss.shape == () and loss.dtype == torch.float32 and torch.isfinite(loss)
+    assert all(v.shape == () and torch.isfinite(v) for v in out.values())
+    loss.backward()
+    enc = [p.grad for p in model.encoder.parameters()]
+    assert all(gr is not None and torch.isfinite(gr).all() for gr in enc) and any(gr.abs().sum() > 0 for gr in enc)
+    for v in vs:  # every view, local ones included, reaches the loss
+        assert v.grad is not None and v.grad.abs().sum() > 0, name
+    # the local views change the loss: they are not ignored
+    torch.manual_seed(0)
+    two = model(vs[:2], y if model.uses_labels else None)["loss"]
+    assert not torch.equal(two.detach(), loss.detach())
+
+
+def test_encoder_pools_global_and_local_sizes_and_locals_of_two_sizes():
+    model = build("simclr")
+    for px in (8, 12, 16, 32):
+        assert model.encoder(torch.randn(2, 3, px, px)).shape == (2, model.encoder.dim)
+    vs = multicrop_views(n=4, local_sizes=(8, 12, 8))
+    zs = model.embed_views(vs, lambda v: model.projector(model.encoder(v)))
+    assert [tuple(z.shape) for z in zs] == [(4, 16)] * 5
+    assert torch.isfinite(model(vs)["loss"])
+
+
+def test_views_are_checked():
+    model = build("simclr")
+    with pytest.raises(ValueError, match="list of views"):
+        model(torch.randn(4, 3, 16, 16))
+    with pytest.raises(ValueError, match="list of views"):
+        model([torch.randn(4, 3, 16, 16)])
+    with pytest.raises(ValueError, match="same images"):
+        model([torch.randn(4, 3, 16, 16), torch.randn(3, 3, 16, 16)])
+
+
+def test_view_pairs():
+    from fastssl.methods.base import cross_pairs, predict_pairs
+    assert cross_pairs(2) == [(0, 1)] and predict_pairs(2) == [(0, 1), (1, 0)]
+    assert cross_pairs(4) == [(0, 1), (2, 0), (2, 1), (3, 0), (3, 1)]
+    assert predict_pairs(3) == [(0, 1), (1, 0), (2, 0), (2, 1)]
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_multicrop_loss_is_the_documented_combination(name):
+    """In eval mode (BatchNorm on running statistics: each view's embedding is its own), the loss equals
+    the documented formula written out here from the heads' outputs for each view separately."""
+    from fastssl import losses
+    from fastssl.methods.base import cross_pairs, predict_pairs
+    model = build(name).eval()
+    vs = [v.detach() for v in multicrop_views(n=6, local_sizes=(8, 12))]
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    cfg = model.cfg
+    with torch.no_grad():
+        torch.manual_seed(5)
+        got = model(vs, y if model.uses_labels else None)["loss"]
+        if name == "dare":
+            heads = [model.head(model.encoder(v)) for v in vs]
+            torch.manual_seed(5)
+            terms = []
+            for a, b in cross_pairs(4):
+                (mu_a, lv_a), (mu_b, lv_b) = heads[a], heads[b]
+                z_a, z_b = losses.reparameterize(mu_a, lv_a), losses.reparameterize(mu_b, lv_b)
+                terms.append(losses.ntxent_loss(z_a, z_b, cfg.temperature, variant=cfg.dare_variant)
+                             + cfg.dare_lambda * losses.gaussian_jsd(mu_a, lv_a, mu_b, lv_b))
+            want = sum(terms) / len(terms)
+        else:
+            zs = [model.projector(model.encoder(v)) for v in vs]
+            if name == "simclr":
+                want = losses.multipositive_loss(zs, cfg.temperature)
+            elif name == "supcon":
+                want = losses.multipositive_loss(zs, cfg.temperature, y)
+            elif name == "triplet":
+                want = losses.triplet_loss(torch.cat(zs), y.repeat(4), cfg.triplet_margin, cfg.triplet_mining)
+            elif name == "barlow":
+                want = sum(losses.barlow_twins_loss(zs[a], zs[b], model.lambd) for a, b in cross_pairs(4)) / 5
+            elif name == "simsiam":
+                ps = [model.predictor(z) for z in zs]
+                want = sum(losses.negative_cosine(ps[v], zs[g]) for v, g in predict_pairs(4)) / 6
+            else:  # byol: targets of the global views only
+                ps = [model.predictor(z) for z in zs]
+                ts = [model.target_projector(model.target_encoder(v)) for v in vs[:2]]
+                want = 2 * sum(losses.byol_loss(ps[v], ts[g]) for v, g in predict_pairs(4)) / 6
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)

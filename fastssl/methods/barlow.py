@@ -5,12 +5,15 @@ standardised over the batch, close to the identity.
 
 lambda = 0.0051 (the official value). The projector has three layers (Linear-BN-ReLU twice, then
 Linear), as in the official code. No labels, no negatives, no stop-gradient.
+
+Local views (multi-crop): the loss is averaged over the view pairs of ``cross_pairs`` (the global
+pair, and each local view with each global view): L = mean_{(a, b)} barlow(z_a, z_b); V = 2 is the above.
 """
 import torch
 
 from .. import distributed, losses
 from ..models import mlp
-from .base import Method, register
+from .base import Method, cross_pairs, register
 
 
 @register("barlow")
@@ -28,11 +31,12 @@ class BarlowTwins(Method):
         super().__init__(encoder, cfg)
         self.projector = mlp(encoder.dim, cfg.proj_hidden, cfg.proj_dim, layers=3)
 
-    def forward(self, v1, v2, labels=None):
-        z1, z2 = self.projector(self.encoder(v1)), self.projector(self.encoder(v2))
-        with torch.autocast(z1.device.type, enabled=False):  # C_ii ~ 1 needs fp32, not a bf16 matmul
+    def forward(self, views, labels=None):
+        zs = self.embed_views(views, lambda v: self.projector(self.encoder(v)))
+        with torch.autocast(zs[0].device.type, enabled=False):  # C_ii ~ 1 needs fp32, not a bf16 matmul
             # Data-parallel: standardisation and C over the global batch (gathered, gradient-correct);
             # every rank computes the same global loss (a D x D matrix: cheap next to the network).
-            z1, z2 = distributed.all_gather_with_grad(z1.float()), distributed.all_gather_with_grad(z2.float())
-            loss = losses.barlow_twins_loss(z1, z2, self.lambd)
+            zs = [distributed.all_gather_with_grad(z.float()) for z in zs]
+            pairs = cross_pairs(len(zs))
+            loss = sum(losses.barlow_twins_loss(zs[a], zs[b], self.lambd) for a, b in pairs) / len(pairs)
         return {"loss": loss}

@@ -14,6 +14,11 @@ Target parameters never require grad and are not in the optimiser (so not in its
 state); they are ordinary submodules, so ``state_dict()`` and therefore the checkpoint carry them
 and ``--resume`` restores them exactly. The target's BatchNorm statistics come from its own
 forward passes (it runs in training mode like the online network); only parameters are averaged.
+
+Local views (multi-crop): only the global views go through the target network (as DINO's teacher);
+every view's prediction regresses each other global view's target:
+L = (2 / T) sum over the T ordered pairs (v, g), g global, v != g, of byol(p_v, t_g)
+(the mean over pairs, scaled so that V = 2, pairs (1, 2) and (2, 1), is the sum above).
 """
 from __future__ import annotations
 
@@ -24,7 +29,7 @@ import torch
 
 from .. import losses
 from ..models import mlp
-from .base import Method, register
+from .base import Method, predict_pairs, register
 
 
 def ema_momentum(step: int, total_steps: int, base: float = 0.99) -> float:
@@ -58,14 +63,13 @@ class BYOL(Method):
     def target_parameters(self) -> list[torch.nn.Parameter]:
         return [*self.target_encoder.parameters(), *self.target_projector.parameters()]
 
-    def forward(self, v1, v2, labels=None):
-        p1 = self.predictor(self.projector(self.encoder(v1)))
-        p2 = self.predictor(self.projector(self.encoder(v2)))
+    def forward(self, views, labels=None):
+        ps = self.embed_views(views, lambda v: self.predictor(self.projector(self.encoder(v))))
         with torch.no_grad():
-            t1 = self.target_projector(self.target_encoder(v1))
-            t2 = self.target_projector(self.target_encoder(v2))
-        with torch.autocast(p1.device.type, enabled=False):  # the loss in fp32 under --amp
-            loss = losses.byol_loss(p1.float(), t2.float()) + losses.byol_loss(p2.float(), t1.float())
+            ts = [self.target_projector(self.target_encoder(v)) for v in views[:2]]
+        with torch.autocast(ps[0].device.type, enabled=False):  # the loss in fp32 under --amp
+            terms = [losses.byol_loss(ps[v].float(), ts[g].float()) for v, g in predict_pairs(len(ps))]
+            loss = sum(terms) * (2.0 / len(terms))
         return {"loss": loss}
 
     def param_groups(self):

@@ -8,11 +8,16 @@ pulls the two views' Gaussians together::
 
 L_con is the decoupled cross-view loss by default (``--dare-variant simclr`` for NT-Xent);
 JSD is ``fastssl.losses.gaussian_jsd``. Evaluation uses the backbone features h (or mu).
+
+Local views (multi-crop): the decoupled loss is defined for two views, so DARe averages the two-view
+loss over the view pairs of ``cross_pairs`` (the global pair, and each local view with each global
+view; no local-local pairs): L = mean_{(a, b)} [L_con(z_a, z_b) + lambda JSD(a, b)], each pair
+reparameterised with its own noise. V = 2 is the formula above.
 """
 from .. import dispatch
 
 from ..models import GaussianHead
-from .base import Method, register
+from .base import Method, cross_pairs, register
 
 
 @register("dare")
@@ -29,11 +34,16 @@ class DARe(Method):
         super().__init__(encoder, cfg)
         self.head = GaussianHead(encoder.dim, cfg.proj_hidden, cfg.proj_dim)
 
-    def forward(self, v1, v2, labels=None):
-        mu1, logvar1 = self.head(self.encoder(v1))
-        mu2, logvar2 = self.head(self.encoder(v2))
-        backend = self.cfg.backend
-        z1, z2, jsd = dispatch.reparam_jsd(mu1.float(), logvar1.float(), mu2.float(), logvar2.float(), backend=backend)
-        con = dispatch.contrastive_loss(z1, z2, self.cfg.temperature, variant=self.cfg.dare_variant, backend=backend)
+    def forward(self, views, labels=None):
+        heads = self.embed_views(views, lambda v: self.head(self.encoder(v)))
+        gaussians = [(mu.float(), logvar.float()) for mu, logvar in heads]
+        backend, pairs = self.cfg.backend, cross_pairs(len(views))
+        con = jsd = 0.0
+        for a, b in pairs:
+            z_a, z_b, jsd_ab = dispatch.reparam_jsd(*gaussians[a], *gaussians[b], backend=backend)
+            con = con + dispatch.contrastive_loss(z_a, z_b, self.cfg.temperature, variant=self.cfg.dare_variant,
+                                                  backend=backend)
+            jsd = jsd + jsd_ab
+        con, jsd = con / len(pairs), jsd / len(pairs)
         return {"loss": con + self.cfg.dare_lambda * jsd, "con": con, "jsd": jsd,
-                "sigma": logvar1.detach().float().mul(0.5).exp().mean()}
+                "sigma": heads[0][1].detach().float().mul(0.5).exp().mean()}

@@ -1,6 +1,9 @@
 """SimCLR (Chen et al. 2020): NT-Xent between the projections of two views.
 
     z_i = g(f(x_i)),  L = NT-Xent(z1, z2; tau)   (see ``fastssl.losses.ntxent_loss``)
+
+With local views (multi-crop) every view of an image is a positive of every other:
+L = multi-positive loss over all V views (``fastssl.losses.multipositive_loss``; NT-Xent when V = 2).
 """
 from .. import dispatch
 
@@ -17,7 +20,7 @@ class SimCLR(Method):
         super().__init__(encoder, cfg)
         self.projector = mlp(encoder.dim, cfg.proj_hidden, cfg.proj_dim)
 
-    def forward(self, v1, v2, labels=None):
-        z1, z2 = self.projector(self.encoder(v1)), self.projector(self.encoder(v2))
-        loss = dispatch.contrastive_loss(z1.float(), z2.float(), self.cfg.temperature, backend=self.cfg.backend)
+    def forward(self, views, labels=None):
+        zs = [z.float() for z in self.embed_views(views, lambda v: self.projector(self.encoder(v)))]
+        loss = dispatch.multiview_contrastive_loss(zs, self.cfg.temperature, backend=self.cfg.backend)
         return {"loss": loss}

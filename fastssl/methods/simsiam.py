@@ -7,13 +7,17 @@ As in the paper: a 3-layer projector ending in a BatchNorm, a bottleneck predict
 (proj_dim -> proj_dim / 4 -> proj_dim, i.e. 2048 -> 512 -> 2048), and the predictor's learning
 rate is not decayed (its optimiser groups carry ``fixed_lr=True``: the training loop keeps them
 at the peak lr).
+
+Local views (multi-crop): each view's prediction regresses each OTHER global view's (stopped)
+projection, as DINO's student and teacher: L = mean over the ordered pairs (v, g), g global, v != g,
+of D(p_v, sg(z_g)); with V = 2 the pairs are (1, 2) and (2, 1), the formula above.
 """
 import torch
 import torch.nn.functional as F
 
 from .. import losses
 from ..models import mlp
-from .base import Method, register
+from .base import Method, predict_pairs, register
 
 
 @register("simsiam")
@@ -26,14 +30,14 @@ class SimSiam(Method):
         self.projector = mlp(encoder.dim, cfg.proj_hidden, cfg.proj_dim, layers=3, last_bn=True)
         self.predictor = mlp(cfg.proj_dim, max(1, cfg.proj_dim // 4), cfg.proj_dim)
 
-    def forward(self, v1, v2, labels=None):
-        z1, z2 = self.projector(self.encoder(v1)), self.projector(self.encoder(v2))
-        p1, p2 = self.predictor(z1), self.predictor(z2)
-        with torch.autocast(z1.device.type, enabled=False):  # the loss in fp32 under --amp
-            loss = 0.5 * losses.negative_cosine(p1.float(), z2.detach().float()) \
-                + 0.5 * losses.negative_cosine(p2.float(), z1.detach().float())
+    def forward(self, views, labels=None):
+        zs = self.embed_views(views, lambda v: self.projector(self.encoder(v)))
+        ps = [self.predictor(z) for z in zs]
+        with torch.autocast(zs[0].device.type, enabled=False):  # the loss in fp32 under --amp
+            terms = [losses.negative_cosine(ps[v].float(), zs[g].detach().float()) for v, g in predict_pairs(len(zs))]
+            loss = sum(terms) / len(terms)
         # The per-dimension std of normalised z (1/sqrt(d) when healthy, 0 when collapsed).
-        z_std = F.normalize(z1.detach().float(), dim=1).std(0).mean()
+        z_std = F.normalize(zs[0].detach().float(), dim=1).std(0).mean()
         return {"loss": loss, "z_std": z_std}
 
     def param_groups(self):

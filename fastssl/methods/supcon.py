@@ -2,7 +2,9 @@
 
     z_i = g(f(x_i)),  L = SupCon(z1, z2, y; tau)   (see ``fastssl.losses.supcon_loss``)
 
-Every image with the anchor's label (both views) is a positive. Uses the labels.
+Every image with the anchor's label (both views) is a positive. Uses the labels. With local views
+(multi-crop): every view of every same-class image is a positive (``fastssl.losses.multipositive_loss``
+with the labels; ``supcon_loss`` when V = 2).
 """
 import torch
 
@@ -23,11 +25,11 @@ class SupCon(Method):
         super().__init__(encoder, cfg)
         self.projector = mlp(encoder.dim, cfg.proj_hidden, cfg.proj_dim)
 
-    def forward(self, v1, v2, labels=None):
+    def forward(self, views, labels=None):
         if labels is None:
             raise ValueError("supcon is supervised: forward needs the labels")
-        z1, z2 = self.projector(self.encoder(v1)), self.projector(self.encoder(v2))
-        with torch.autocast(z1.device.type, enabled=False):  # similarities in fp32 under --amp
-            loss = dispatch.contrastive_loss(z1.float(), z2.float(), self.cfg.temperature, labels=labels,
-                                             backend=self.cfg.backend)
+        zs = self.embed_views(views, lambda v: self.projector(self.encoder(v)))
+        with torch.autocast(zs[0].device.type, enabled=False):  # similarities in fp32 under --amp
+            loss = dispatch.multiview_contrastive_loss([z.float() for z in zs], self.cfg.temperature, labels=labels,
+                                                       backend=self.cfg.backend)
         return {"loss": loss}

@@ -3,8 +3,10 @@
     e_i = normalise(g(f(x_i))),  L = triplet([e1; e2], [y; y]; m)   (``fastssl.losses.triplet_loss``)
 
 Both views of an image are positives of each other, as are all same-class images; negatives are
-the other classes. Semi-hard mining by default (``--triplet-mining batch_hard`` for the hardest
-positive/negative per anchor), margin m = 0.2 on squared distances of L2-normalised embeddings.
+the other classes. Local views (multi-crop) join the batch the same way: all V views of an image, and
+of its class, are positives (embeddings [e_0; ...; e_{V-1}], labels [y; ...; y]). Semi-hard mining
+by default (``--triplet-mining batch_hard`` for the hardest positive/negative per anchor), margin
+m = 0.2 on squared distances of L2-normalised embeddings.
 
 Recipe (no public CIFAR reference; our choice): SGD lr 0.4 per 256 images, weight decay 1e-5,
 projector 2048 -> 256, like SupCon, so the two supervised methods differ only in the loss.
@@ -26,15 +28,14 @@ class Triplet(Method):
         super().__init__(encoder, cfg)
         self.projector = mlp(encoder.dim, cfg.proj_hidden, cfg.proj_dim)
 
-    def forward(self, v1, v2, labels=None):
+    def forward(self, views, labels=None):
         if labels is None:
             raise ValueError("triplet is supervised: forward needs the labels")
-        z1, z2 = self.projector(self.encoder(v1)), self.projector(self.encoder(v2))
-        with torch.autocast(z1.device.type, enabled=False):  # distances vs a 0.2 margin: fp32, not bf16
+        zs = self.embed_views(views, lambda v: self.projector(self.encoder(v)))
+        with torch.autocast(zs[0].device.type, enabled=False):  # distances vs a 0.2 margin: fp32, not bf16
             # Data-parallel: mining over the global batch (gathered, gradient-correct; the same loss on every rank).
-            gather = distributed.all_gather_with_grad
-            z = torch.cat([gather(z1.float()), gather(z2.float())])
+            z = torch.cat([distributed.all_gather_with_grad(z.float()) for z in zs])
             labels = distributed.all_gather_nograd(labels)
-            loss = losses.triplet_loss(z, torch.cat([labels, labels]), margin=self.cfg.triplet_margin,
+            loss = losses.triplet_loss(z, labels.repeat(len(zs)), margin=self.cfg.triplet_margin,
                                        mining=self.cfg.triplet_mining)
         return {"loss": loss}
