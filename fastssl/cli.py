@@ -21,12 +21,14 @@ def main(argv=None) -> int:
             print(f"pretrain.py: error: {e}", file=sys.stderr)
         return 2
     from .checkpoint import CheckpointError
+    from .loaders import UnsupportedOption
     from .train import RunError, TrainingDiverged, train
     if main_rank:
         print("config: " + ", ".join(f"{k}={v}" for k, v in vars(cfg).items()))
     try:
         summary = train(cfg)
-    except (DataError, FileNotFoundError, CheckpointError, RunError) as e:  # bad input: one line, exit code 2
+    except (DataError, FileNotFoundError, CheckpointError, RunError, UnsupportedOption) as e:
+        # bad input or a loader that cannot do what was asked: one line, exit code 2
         print(f"pretrain.py: error: {e}", file=sys.stderr)
         return 2
     except TrainingDiverged as e:

@@ -157,9 +157,9 @@ class StepTimer:
         _sync(self.device)
         t0 = time.perf_counter()
         for _ in range(steps):
-            v1, v2, y = next(self.batches)
+            views, y = next(self.batches)
             with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
-                loss = self.model([v1, v2], y if self.method.uses_labels else None)["loss"]
+                loss = self.model(views, y if self.method.uses_labels else None)["loss"]
             self.opt.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.opt)

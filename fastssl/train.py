@@ -404,13 +404,13 @@ def _train(cfg: Config, device: torch.device) -> dict | None:
         label = f"epoch {epoch + 1}" + ("" if budget else f"/{cfg.epochs}")
         bar = tqdm(batches, desc=label, total=steps_per_epoch, initial=skip, disable=not bars, leave=False, unit="step")
         set_global_size(progress(train_s))
-        for i, (v1, v2, y) in enumerate(bar, start=skip):
+        for i, (views, y) in enumerate(bar, start=skip):
             p = progress(train_s)
             lr = lr_at_progress(p, warmup_frac, peak_lr) if budget else lr_at(st["step"], total_steps, warmup_steps, peak_lr)
             for group in opt.param_groups:
                 group["lr"] = peak_lr if group.get("fixed_lr") else lr
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                result = model([v1, v2], y if method.uses_labels else None)
+                result = model(views, y if method.uses_labels else None)
             opt.zero_grad(set_to_none=True)
             scaler.scale(result["loss"]).backward()
             scaler.step(opt)

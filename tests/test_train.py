@@ -69,7 +69,7 @@ def test_loss_goes_down_on_a_fixed_batch(method):
     losses = []
     for _ in range(30):
         torch.manual_seed(1)  # same DARe noise every step: a deterministic objective
-        loss = model(v1, v2)["loss"]
+        loss = model([v1, v2])["loss"]
         opt.zero_grad()
         loss.backward()
         opt.step()
