@@ -184,7 +184,7 @@ def test_fused_custom_ops_inside_the_compiled_graph(monkeypatch, name):
 # DDP + compile on 2 gloo processes
 # ------------------------------------------------------------------------------------------------
 
-DDP_METHODS = ["simclr", "dare"]
+DDP_METHODS = ["simclr"]  # DARe under DDP is covered eagerly in test_distributed.py; compiling it here costs ~100 s
 
 
 def _free_port() -> int:
