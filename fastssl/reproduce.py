@@ -404,16 +404,15 @@ def results_markdown(results: dict) -> str:
              f"{PROTOCOL_TEXT['probe']}; standard: {PROTOCOL_TEXT['standard']}); kNN: weighted kNN top-1, "
              f"k = 200; paper = the seed paper's Table 1 (original work's "
              f"number in parentheses)." + _environment_line(results.get("environment")), "",
-             "| method | dataset | encoder | ours | protocol | paper | ours - paper | kNN | epochs | steps | wall | device |",
-             "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---|"]
+             "| method | dataset | encoder | ours | paper | ours - paper | kNN | epochs | steps | wall | device | protocol |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|"]
     for r in rows:
         paper = f"{r['paper_top1']:.1f}" + (f" ({r['paper_original_top1']})" if r["paper_original_top1"] else "")
         ours = "-" if r["linear_top1"] is None else f"{r['linear_top1']:.2f}"
         diff = "-" if r["diff"] is None else f"{r['diff']:+.2f}"
         knn = "-" if r["knn_top1"] is None else f"{r['knn_top1']:.2f}"
-        lines.append(f"| {r['method']} | {r['dataset']} | {r['encoder']} | {ours} | {protocol_of(r)} | {paper} | "
-                     f"{diff} | {knn} | "
-                     f"{r['epochs']} | {r['steps']} | {fmt_s(r['wall_s'])} | {r['device']} |")
+        lines.append(f"| {r['method']} | {r['dataset']} | {r['encoder']} | {ours} | {paper} | {diff} | {knn} | "
+                     f"{r['epochs']} | {r['steps']} | {fmt_s(r['wall_s'])} | {r['device']} | {protocol_of(r)} |")
     missing = results.get("cells_not_run", [])
     if missing:
         lines += ["", f"Not run in this folder ({len(missing)} of {len(missing) + len(rows)} cells): "

@@ -89,7 +89,7 @@ def test_smoke_end_to_end_kill_and_resume(tmp_path, tiny_folder, monkeypatch, ca
     assert [(r["method"], float(r["paper_top1"])) for r in rows] == [("simclr", 85.9), ("dare", 87.3)]
     md = (out / "results.md").read_text()
     assert "| simclr | cifar10 | resnet18 |" in md and "85.9 (91.8)" in md and "NOT a reproduction" in md
-    assert "| probe |" in md and all(r["linear_protocol"] == "probe" for r in results["cells"])
+    assert "| probe |\n" in md and all(r["linear_protocol"] == "probe" for r in results["cells"])
     assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # a third run recomputes nothing
@@ -166,4 +166,4 @@ def test_standard_protocol_cell_records_its_protocol(tmp_path, tiny_folder, monk
     row = next(csv.DictReader((out / "results.csv").open()))
     assert row["linear_protocol"] == "standard" and row["knn_protocol"].startswith("kNN k=20")  # smoke: knn_k 20
     md = (out / "results.md").read_text()
-    assert "| simclr | cifar10 | resnet18 |" in md and "| standard |" in md and "standard linear evaluation" in md
+    assert "| simclr | cifar10 | resnet18 |" in md and "| standard |\n" in md and "standard linear evaluation" in md
