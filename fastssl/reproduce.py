@@ -72,8 +72,8 @@ LINEAR_PROTOCOL = {"smoke": "probe", "quick": "probe", "full": "standard"}
 # The standard protocol's settings (solo-learn's CIFAR linear evaluation, with a cosine schedule).
 STANDARD = dict(epochs=100, batch_size=256, lr=0.1)
 PROTOCOL_TEXT = {
-    "probe": "linear probe: features precomputed once, AdamW, 100 epochs (a fast proxy)",
-    "standard": "standard linear evaluation: frozen backbone in eval mode, crop + flip, SGD momentum 0.9, cosine",
+    "probe": "a linear classifier on features precomputed once, AdamW, 100 epochs (a fast proxy)",
+    "standard": "a linear head on the frozen backbone in eval mode, crop + flip, SGD momentum 0.9, cosine schedule",
 }
 DATASET_SIZE = {"cifar10": (50000, 10000), "cifar100": (50000, 10000)}  # when the data is not at hand
 
@@ -402,7 +402,7 @@ def results_markdown(results: dict) -> str:
     lines = [f"Budget **{results['budget']}**: {BUDGET_NOTES[results['budget']]}. Device: {', '.join(devices) or '-'}. "
              f"Linear top-1 (%) on frozen features, by the protocol in the table's column (probe: "
              f"{PROTOCOL_TEXT['probe']}; standard: {PROTOCOL_TEXT['standard']}); kNN: weighted kNN top-1, "
-             f"k = 200; paper = the seed paper's Table 1 (original work's "
+             f"k = {(results.get('budget_settings') or {}).get('knn_k', 200)}; paper = the seed paper's Table 1 (original work's "
              f"number in parentheses)." + _environment_line(results.get("environment")), "",
              "| method | dataset | encoder | ours | paper | ours - paper | kNN | epochs | steps | wall | device | protocol |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|"]

@@ -166,4 +166,4 @@ def test_standard_protocol_cell_records_its_protocol(tmp_path, tiny_folder, monk
     row = next(csv.DictReader((out / "results.csv").open()))
     assert row["linear_protocol"] == "standard" and row["knn_protocol"].startswith("kNN k=20")  # smoke: knn_k 20
     md = (out / "results.md").read_text()
-    assert "| simclr | cifar10 | resnet18 |" in md and "| standard |\n" in md and "standard linear evaluation" in md
+    assert "| simclr | cifar10 | resnet18 |" in md and "| standard |\n" in md and "standard: a linear head on the frozen backbone" in md
