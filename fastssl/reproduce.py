@@ -65,7 +65,7 @@ BUDGETS = {
 BUDGET_NOTES = {
     "smoke": "CPU smoke test of the machinery (width 8, 512-image subset, 2 epochs): NOT a reproduction",
     "quick": "single-GPU quick reproduction: full width, full data, 50 epochs at batch 512",
-    "full": "public long recipes: full width, full data, 1000 epochs at batch 256, standard linear evaluation",
+    "full": "public long recipes: full width, full data, 1000 epochs at batch 256",
 }
 # Which linear evaluation produces each budget's "linear" number (fastssl.eval; DESIGN section 5).
 LINEAR_PROTOCOL = {"smoke": "probe", "quick": "probe", "full": "standard"}
@@ -396,23 +396,31 @@ def versions() -> dict:
 
 
 def results_markdown(results: dict) -> str:
-    """The reproduction table (also what scripts/render_results.py puts in the README)."""
+    """The reproduction table (also what scripts/render_results.py puts in the README). Results written
+    before protocols were recorded (no ``linear_protocol``) are all probe numbers: the old layout."""
     rows = results["cells"]
     devices = sorted({r["device"] for r in rows})
+    recorded = "linear_protocol" in results
+    if recorded:
+        what = (f"Linear top-1 (%) on frozen features, by the protocol in the table's last column (probe: "
+                f"{PROTOCOL_TEXT['probe']}; standard: {PROTOCOL_TEXT['standard']}); kNN: weighted kNN top-1, "
+                f"k = {(results.get('budget_settings') or {}).get('knn_k', 200)}; paper")
+    else:
+        what = "Linear-probe top-1 (%) on frozen features; paper"
     lines = [f"Budget **{results['budget']}**: {BUDGET_NOTES[results['budget']]}. Device: {', '.join(devices) or '-'}. "
-             f"Linear top-1 (%) on frozen features, by the protocol in the table's column (probe: "
-             f"{PROTOCOL_TEXT['probe']}; standard: {PROTOCOL_TEXT['standard']}); kNN: weighted kNN top-1, "
-             f"k = {(results.get('budget_settings') or {}).get('knn_k', 200)}; paper = the seed paper's Table 1 (original work's "
-             f"number in parentheses)." + _environment_line(results.get("environment")), "",
-             "| method | dataset | encoder | ours | paper | ours - paper | kNN | epochs | steps | wall | device | protocol |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+             f"{what} = the seed paper's Table 1 (original work's number in parentheses)."
+             + _environment_line(results.get("environment")), "",
+             "| method | dataset | encoder | ours | paper | ours - paper | kNN | epochs | steps | wall | device |"
+             + (" protocol |" if recorded else ""),
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|" + ("---|" if recorded else "")]
     for r in rows:
         paper = f"{r['paper_top1']:.1f}" + (f" ({r['paper_original_top1']})" if r["paper_original_top1"] else "")
         ours = "-" if r["linear_top1"] is None else f"{r['linear_top1']:.2f}"
         diff = "-" if r["diff"] is None else f"{r['diff']:+.2f}"
         knn = "-" if r["knn_top1"] is None else f"{r['knn_top1']:.2f}"
         lines.append(f"| {r['method']} | {r['dataset']} | {r['encoder']} | {ours} | {paper} | {diff} | {knn} | "
-                     f"{r['epochs']} | {r['steps']} | {fmt_s(r['wall_s'])} | {r['device']} | {protocol_of(r)} |")
+                     f"{r['epochs']} | {r['steps']} | {fmt_s(r['wall_s'])} | {r['device']} |"
+                     + (f" {protocol_of(r)} |" if recorded else ""))
     missing = results.get("cells_not_run", [])
     if missing:
         lines += ["", f"Not run in this folder ({len(missing)} of {len(missing) + len(rows)} cells): "
