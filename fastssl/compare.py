@@ -37,6 +37,12 @@ def read_run(folder: str | Path) -> dict:
     if not summary_path.is_file() and not metrics_path.is_file():
         raise RunError(f"{folder} holds neither summary.json nor metrics.jsonl: not a pretraining run folder")
     summary = _read_json(summary_path) if summary_path.is_file() else {}
+    if not summary and (folder / "checkpoint.pt").is_file():  # still training: name it from its checkpoint
+        from .checkpoint import CheckpointError, load_checkpoint
+        try:
+            summary = {"config": load_checkpoint(folder)["config"], "running": True}
+        except CheckpointError:
+            pass
     rows = []
     if metrics_path.is_file():
         for n, line in enumerate(metrics_path.read_text().splitlines(), start=1):
@@ -95,8 +101,8 @@ def table_row(run: dict) -> dict:
         rates = [r["images_per_s"] for r in epoch_rows if r.get("images_per_s")]
         rate = sum(rates) / len(rates) if rates else None
     wall = s.get("wall_s")
-    if wall is None and rows:
-        wall = rows[-1].get("wall_s")
+    if wall is None and rows:  # still training: the last row's wall, or (older rows) the epochs' sum
+        wall = rows[-1].get("wall_s") or sum(r.get("epoch_s") or 0.0 for r in epoch_rows) or None
     knn = s.get("knn_top1")
     if knn is None and run["curve"]:
         knn = run["curve"][-1][1]
@@ -104,7 +110,7 @@ def table_row(run: dict) -> dict:
     done = len(epoch_rows)
     return dict(run=run["folder"].name, method=s.get("method") or cfg.get("method") or "?",
                 dataset=s.get("dataset") or cfg.get("dataset") or "?", encoder=s.get("encoder") or cfg.get("encoder") or "?",
-                epochs=str(epochs) if s else f"{done} so far", wall=_fmt_wall(wall), **{"images/s": _cell(rate, "{:.0f}")},
+                epochs=f"{done} of {epochs} so far" if s.get("running") else str(epochs) if s else f"{done} so far", wall=_fmt_wall(wall), **{"images/s": _cell(rate, "{:.0f}")},
                 kNN=_cell(knn), linear=" / ".join(f"{v:.2f} ({k})" for k, v in sorted(run["linear"].items())
                                                  if v is not None) or "-")
 

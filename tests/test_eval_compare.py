@@ -60,6 +60,17 @@ def test_table_and_png(tmp_path, capsys):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
 
 
+def test_a_run_still_training_is_named_from_its_checkpoint(tmp_path, capsys):
+    import torch
+    folder = write_run(tmp_path / "run", None, [{"epoch": 1, "step": 10, "images_per_s": 40.0, "epoch_s": 90.0,
+                                                  "knn_top1": None}])
+    torch.save({"method": {}, "config": {"method": "byol", "dataset": "cifar100", "encoder": "resnet50",
+                                         "epochs": 3}}, folder / "checkpoint.pt")
+    assert compare.main([str(folder), "--out", str(tmp_path / "c.png")]) == 0
+    row = [c.strip() for c in capsys.readouterr().out.splitlines()[2].strip("|").split("|")]
+    assert row == ["run", "byol", "cifar100", "resnet50", "1 of 3 so far", "1m30s", "40", "-", "-"]
+
+
 def test_errors_are_one_line(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     for argv in ([str(tmp_path / "missing")], [str(tmp_path / "empty")]):
