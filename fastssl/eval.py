@@ -62,6 +62,14 @@ def knn_top1(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Tenso
                                     chunk).values()))
 
 
+def _seeded_linear(din: int, dout: int, seed: int) -> nn.Linear:
+    """A linear layer whose initial weights depend only on ``seed`` (not on the global RNG's state, which
+    differs between a training run's end and a separate evaluation: +-1 point on a short probe)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return nn.Linear(din, dout)
+
+
 def linear_probe(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor,
                  test_labels: torch.Tensor, num_classes: int, epochs: int = 100, batch_size: int = 1024,
                  lr: float = 1e-3, weight_decay: float = 1e-6, seed: int = 0) -> float:
@@ -73,7 +81,7 @@ def linear_probe(train_feats: torch.Tensor, train_labels: torch.Tensor, test_fea
     mean, std = train_feats.mean(0), train_feats.std(0) + 1e-6
     xtr, xte = (train_feats - mean) / std, (test_feats - mean) / std
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    clf = nn.Linear(xtr.shape[1], num_classes).to(xtr.device)
+    clf = _seeded_linear(xtr.shape[1], num_classes, seed).to(xtr.device)
     opt = torch.optim.AdamW(clf.parameters(), lr=lr, weight_decay=weight_decay)
     steps_per_epoch = (len(xtr) + batch_size - 1) // batch_size
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * steps_per_epoch)
@@ -155,8 +163,7 @@ def standard_linear_eval(encoder: nn.Module, train_x: torch.Tensor, train_y: tor
     was_training = encoder.training
     frozen = [p.requires_grad for p in encoder.parameters()]
     encoder.eval().requires_grad_(False)
-    torch.manual_seed(seed)
-    head = nn.Linear(encoder.dim, num_classes).to(device)
+    head = _seeded_linear(encoder.dim, num_classes, seed).to(device)
     opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     steps = epochs * ((len(train_x) + batch_size - 1) // batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
@@ -193,8 +200,7 @@ def finetune(encoder: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, t
     linear head trained together with random crop (4-px padding) + flip, SGD with momentum and a
     per-step cosine schedule. Changes ``encoder`` in place."""
     device = train_x.device
-    torch.manual_seed(seed)
-    model = nn.Sequential(encoder, nn.Linear(encoder.dim, num_classes)).to(device)
+    model = nn.Sequential(encoder, _seeded_linear(encoder.dim, num_classes, seed)).to(device)
     model.requires_grad_(True).train()
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     steps = epochs * ((len(train_x) + batch_size - 1) // batch_size)

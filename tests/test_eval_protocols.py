@@ -219,3 +219,15 @@ def test_finetune_cli_uses_a_balanced_label_fraction(tmp_path, tiny_folder):
                                    "--epochs", "1", "--batch-size", "8"]) == 0
     result = json.loads((tmp_path / "run" / "finetune-0.25.json").read_text())
     assert result["train_images"] == 20 and result["labels_fraction"] == 0.25  # 80 images, 2 per class
+
+
+def test_linear_probe_does_not_depend_on_the_global_rng():
+    """The probe's result depends on its seed only (a run's end and a later linear_eval.py must agree)."""
+    gen = torch.Generator().manual_seed(0)
+    xtr, xte = torch.randn(200, 8, generator=gen), torch.randn(50, 8, generator=gen)
+    ytr, yte = (xtr[:, 0] > 0).long(), (xte[:, 0] > 0).long()
+    results = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        results.append(ev.linear_probe(xtr, ytr, xte, yte, 2, epochs=1, batch_size=64, lr=0.01, seed=5))
+    assert results[0] == results[1]
