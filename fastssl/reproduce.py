@@ -230,6 +230,7 @@ def _sizes(cfg) -> tuple[int, int, str | None]:
 
 
 def plan(cells: list[Cell], budget: str, out: Path, device: str, data, progress: bool) -> list[Planned]:
+    from .checkpoint import load_checkpoint
     from .train import CHECKPOINT
     planned, sizes = [], {}
     for cell in cells:
@@ -246,7 +247,7 @@ def plan(cells: list[Cell], budget: str, out: Path, device: str, data, progress:
         queries = min(cfg.knn_queries, n_test) if cfg.knn_queries else n_test
         epochs_left = cfg.epochs
         if status == "resume":  # only what is left after the checkpoint's epoch
-            epochs_left -= torch.load(folder / CHECKPOINT, map_location="cpu", weights_only=False)["epoch"]
+            epochs_left -= load_checkpoint(folder / CHECKPOINT)["epoch"]  # weights_only: never runs code
         steps = max(0, epochs_left) * (train_n // cfg.batch_size)
         # kNN before and after training, then the linear probe: three feature passes over bank + queries;
         # the standard protocol adds a backbone pass over the train set per epoch
@@ -514,6 +515,7 @@ def main(argv=None) -> int:
     out = args.out or Path("runs") / f"table1-{args.budget}"
     from data_prep import DataError
 
+    from .checkpoint import CheckpointError
     from .config import CLIError
     from .train import TrainingDiverged
     try:
@@ -525,7 +527,7 @@ def main(argv=None) -> int:
         _write_json(dict(budget=args.budget), meta)
         planned = plan(grid(args.methods, args.datasets, args.encoders), args.budget, out, args.device, args.data,
                        args.progress)
-    except (ReproduceError, CLIError, OSError) as e:
+    except (ReproduceError, CLIError, CheckpointError, OSError) as e:
         print(f"reproduce_table1.py: error: {e}", file=sys.stderr)
         return 2
     device = torch.device(planned[0].cfg.device)

@@ -51,7 +51,7 @@ def test_smoke_end_to_end_kill_and_resume(tmp_path, tiny_folder, monkeypatch, ca
     assert reproduce.main(argv) == 130
     simclr_dir, dare_dir = out / "cells" / "simclr-cifar10-resnet18", out / "cells" / "dare-cifar10-resnet18"
     assert (simclr_dir / "result.json").is_file() and not (dare_dir / "result.json").exists()
-    first = torch.load(dare_dir / "checkpoint.pt", weights_only=False)
+    first = torch.load(dare_dir / "checkpoint.pt", weights_only=True)
     assert first["epoch"] == 1
     simclr_bytes = (simclr_dir / "result.json").read_bytes()
     plan = json.loads((out / "plan.json").read_text())
@@ -75,7 +75,7 @@ def test_smoke_end_to_end_kill_and_resume(tmp_path, tiny_folder, monkeypatch, ca
     assert plan["dare-cifar10-resnet18"]["steps"] == 80 // 32  # one epoch left of two
     assert calls == [(str(dare_dir), True)]
     assert (simclr_dir / "result.json").read_bytes() == simclr_bytes
-    resumed = torch.load(dare_dir / "checkpoint.pt", weights_only=False)
+    resumed = torch.load(dare_dir / "checkpoint.pt", weights_only=True)
     assert resumed["epoch"] == 2 and resumed["history"][0] == first["history"][0]
     assert json.loads((dare_dir / "result.json").read_text())["resumed"] is True
 
@@ -167,3 +167,14 @@ def test_standard_protocol_cell_records_its_protocol(tmp_path, tiny_folder, monk
     assert row["linear_protocol"] == "standard" and row["knn_protocol"].startswith("kNN k=20")  # smoke: knn_k 20
     md = (out / "results.md").read_text()
     assert "| simclr | cifar10 | resnet18 |" in md and "| standard |\n" in md and "standard: a linear head on the frozen backbone" in md
+
+
+def test_a_cell_checkpoint_that_is_not_one_is_refused_on_one_line(tmp_path, tiny_folder, capsys):
+    """Planning reads a half-done cell's checkpoint with weights_only: a foreign file is one line, exit 2."""
+    out = tmp_path / "r"
+    cell = out / "cells" / "simclr-cifar10-resnet18"
+    cell.mkdir(parents=True)
+    (cell / "checkpoint.pt").write_text("not a checkpoint\n")
+    assert reproduce.main(ARGS + ["--methods", "simclr", "--data", str(tiny_folder), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "is not a fastssl checkpoint" in err
