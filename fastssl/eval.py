@@ -1,4 +1,6 @@
-"""Evaluation of a frozen backbone: the kNN monitor and the linear probe (DESIGN section 5)."""
+"""Evaluation of a backbone (DESIGN section 5): the kNN monitor, the fast linear probe on precomputed
+features, the standard linear protocol (a linear head on the frozen backbone with crop + flip) and
+full fine-tuning, optionally on a class-balanced fraction of the labels (semi-supervised)."""
 from __future__ import annotations
 
 import torch
@@ -25,23 +27,47 @@ def extract_features(encoder: nn.Module, images: torch.Tensor, mean, std, batch_
     return torch.cat(out)
 
 
-@torch.no_grad()
-def knn_top1(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Tensor, query_labels: torch.Tensor,
-             num_classes: int, k: int = 200, temperature: float = 0.1, chunk: int = 1024) -> float:
-    """Weighted kNN top-1 accuracy (%), cosine similarity of L2-normalised features.
+KNN_KS = (20, 200)  # the two neighbourhood sizes reported (200 is the monitor's, as in DESIGN section 5)
 
-    Each query's k nearest bank features vote for their class with weight exp(sim / temperature).
+
+@torch.no_grad()
+def knn_accuracies(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Tensor,
+                   query_labels: torch.Tensor, num_classes: int, ks=KNN_KS, temperature: float = 0.1,
+                   chunk: int = 1024) -> dict[int, float]:
+    """Weighted kNN top-1 accuracy (%) for every k in ``ks``, from one similarity search.
+
+    Cosine similarity of L2-normalised features; each query's k nearest bank features vote for their
+    class with weight exp(sim / temperature). ``topk`` returns neighbours sorted by similarity, so the
+    k nearest for a small k are the first k columns of the search for the largest k.
     """
     bank = F.normalize(bank, dim=1)
     queries = F.normalize(queries, dim=1)
-    k = min(k, len(bank))
-    correct = 0
+    asked = [int(k) for k in ks]
+    ks = [min(k, len(bank)) for k in asked]  # a bank smaller than k: every bank feature votes
+    correct = [0] * len(ks)
     for i in range(0, len(queries), chunk):
-        sim, idx = (queries[i:i + chunk] @ bank.T).topk(k, dim=1)
-        votes = torch.zeros(len(sim), num_classes, device=bank.device)
-        votes.scatter_add_(1, bank_labels[idx], (sim / temperature).exp())
-        correct += (votes.argmax(1) == query_labels[i:i + chunk]).sum().item()
-    return 100.0 * correct / len(queries)
+        sim, idx = (queries[i:i + chunk] @ bank.T).topk(max(ks), dim=1)
+        weights, neighbour_labels = (sim / temperature).exp(), bank_labels[idx]
+        for j, k in enumerate(ks):
+            votes = torch.zeros(len(sim), num_classes, device=bank.device)
+            votes.scatter_add_(1, neighbour_labels[:, :k], weights[:, :k])
+            correct[j] += (votes.argmax(1) == query_labels[i:i + chunk]).sum().item()
+    return {k: 100.0 * c / len(queries) for k, c in zip(asked, correct)}
+
+
+def knn_top1(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Tensor, query_labels: torch.Tensor,
+             num_classes: int, k: int = 200, temperature: float = 0.1, chunk: int = 1024) -> float:
+    """Weighted kNN top-1 accuracy (%) for one ``k`` (see ``knn_accuracies``)."""
+    return next(iter(knn_accuracies(bank, bank_labels, queries, query_labels, num_classes, (k,), temperature,
+                                    chunk).values()))
+
+
+def _seeded_linear(din: int, dout: int, seed: int) -> nn.Linear:
+    """A linear layer whose initial weights depend only on ``seed`` (not on the global RNG's state, which
+    differs between a training run's end and a separate evaluation: +-1 point on a short probe)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return nn.Linear(din, dout)
 
 
 def linear_probe(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor,
@@ -55,7 +81,7 @@ def linear_probe(train_feats: torch.Tensor, train_labels: torch.Tensor, test_fea
     mean, std = train_feats.mean(0), train_feats.std(0) + 1e-6
     xtr, xte = (train_feats - mean) / std, (test_feats - mean) / std
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    clf = nn.Linear(xtr.shape[1], num_classes).to(xtr.device)
+    clf = _seeded_linear(xtr.shape[1], num_classes, seed).to(xtr.device)
     opt = torch.optim.AdamW(clf.parameters(), lr=lr, weight_decay=weight_decay)
     steps_per_epoch = (len(xtr) + batch_size - 1) // batch_size
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * steps_per_epoch)
@@ -70,3 +96,136 @@ def linear_probe(train_feats: torch.Tensor, train_labels: torch.Tensor, test_fea
             sched.step()
     with torch.no_grad():
         return 100.0 * (clf(xte).argmax(1) == test_labels).float().mean().item()
+
+
+# ---- protocols that train on the backbone's output (standard linear evaluation, fine-tuning) ----------
+
+def pad_crop_flip(images: torch.Tensor, padding: int = 4, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The classic CIFAR training augmentation on a uint8 (B, 3, H, W) batch, batched on its device:
+    zero-pad by ``padding`` pixels, take a random H x W crop, flip horizontally with probability 1/2."""
+    n, _, h, w = images.shape
+    padded = F.pad(images, (padding,) * 4)
+    dev = images.device
+    top = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=dev)
+    left = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=dev)
+    flip = torch.rand(n, generator=generator, device=dev) < 0.5
+    rows = top[:, None] + torch.arange(h, device=dev)                    # (B, H)
+    cols = left[:, None] + torch.arange(w, device=dev)                   # (B, W)
+    cols = torch.where(flip[:, None], cols.flip(1), cols)                # a flip reads the columns backwards
+    batch = torch.arange(n, device=dev)[:, None, None]
+    return padded[batch, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2).contiguous()  # (B,H,W,C)->NCHW
+
+
+def balanced_subset(labels, fraction: float, seed: int = 0) -> torch.Tensor:
+    """Sorted indices of a class-balanced random subset holding ``fraction`` of the labels: the same
+    number of images per class (round(fraction N / classes), at least 1, at most what a class has),
+    drawn with ``seed`` (the same seed gives the same subset)."""
+    labels = torch.as_tensor(labels).cpu()
+    if not 0 < fraction <= 1:
+        raise ValueError(f"the labels fraction must be in (0, 1], got {fraction}")
+    classes = labels.unique()
+    per_class = max(1, round(fraction * len(labels) / len(classes)))
+    gen = torch.Generator().manual_seed(seed)
+    chosen = []
+    for c in classes:
+        members = (labels == c).nonzero().flatten()
+        chosen.append(members[torch.randperm(len(members), generator=gen)[:per_class]])
+    return torch.cat(chosen).sort().values
+
+
+def _batches(n: int, batch_size: int, gen: torch.Generator, device, min_size: int = 1):
+    perm = torch.randperm(n, generator=gen).to(device)
+    for i in range(0, n, batch_size):
+        idx = perm[i:i + batch_size]
+        if len(idx) >= min_size:
+            yield idx
+
+
+@torch.no_grad()
+def _accuracy(model: nn.Module, images, labels, mean, std, batch_size: int = 1024, channels_last: bool = True) -> float:
+    logits = extract_features(model, images, mean, std, batch_size=batch_size, channels_last=channels_last)
+    return 100.0 * (logits.argmax(1) == labels).float().mean().item()
+
+
+def standard_linear_eval(encoder: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
+                         test_y: torch.Tensor, mean, std, num_classes: int, epochs: int = 100, batch_size: int = 256,
+                         lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 0.0, seed: int = 0,
+                         channels_last: bool = True, log=None) -> float:
+    """Top-1 test accuracy (%) of the standard linear protocol (solo-learn's CIFAR linear evaluation):
+    a linear head on the frozen backbone, BatchNorm in eval mode, random crop (4-px padding) + flip
+    drawn afresh every epoch, SGD with momentum and a per-step cosine schedule.
+
+    Every epoch runs the backbone forward over the augmented images (no gradient reaches it), so it
+    costs ``epochs`` feature passes over the train set: minutes on a GPU, much longer on a CPU.
+    ``train_x``/``test_x`` are uint8 NCHW on the device where it runs.
+    """
+    device = train_x.device
+    was_training = encoder.training
+    frozen = [p.requires_grad for p in encoder.parameters()]
+    encoder.eval().requires_grad_(False)
+    head = _seeded_linear(encoder.dim, num_classes, seed).to(device)
+    opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    steps = epochs * ((len(train_x) + batch_size - 1) // batch_size)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    aug_gen = torch.Generator(device=device).manual_seed(seed + 1)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    try:
+        for epoch in range(epochs):
+            loss_sum, n = 0.0, 0
+            for idx in _batches(len(train_x), batch_size, gen, device):
+                x = normalize(pad_crop_flip(train_x[idx], generator=aug_gen), mean, std).contiguous(memory_format=fmt)
+                with torch.no_grad():
+                    h = encoder(x)
+                loss = F.cross_entropy(head(h), train_y[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                loss_sum, n = loss_sum + loss.item() * len(idx), n + len(idx)
+            if log:
+                log(f"standard linear: epoch {epoch + 1}/{epochs} loss {loss_sum / n:.4f}")
+        return _accuracy(nn.Sequential(encoder, head), test_x, test_y, mean, std, channels_last=channels_last)
+    finally:
+        for p, flag in zip(encoder.parameters(), frozen):
+            p.requires_grad_(flag)
+        encoder.train(was_training)
+
+
+def finetune(encoder: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
+             test_y: torch.Tensor, mean, std, num_classes: int, epochs: int = 30, batch_size: int = 256,
+             lr: float = 0.05, momentum: float = 0.9, weight_decay: float = 5e-4, seed: int = 0,
+             channels_last: bool = True, log=None) -> float:
+    """Top-1 test accuracy (%) after full fine-tuning: backbone (BatchNorm in train mode) and a new
+    linear head trained together with random crop (4-px padding) + flip, SGD with momentum and a
+    per-step cosine schedule. Changes ``encoder`` in place."""
+    device = train_x.device
+    model = nn.Sequential(encoder, _seeded_linear(encoder.dim, num_classes, seed)).to(device)
+    model.requires_grad_(True).train()
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    steps = epochs * ((len(train_x) + batch_size - 1) // batch_size)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    aug_gen = torch.Generator(device=device).manual_seed(seed + 1)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    for epoch in range(epochs):
+        loss_sum, n = 0.0, 0
+        for idx in _batches(len(train_x), batch_size, gen, device, min_size=2):  # BatchNorm needs 2 images
+            x = normalize(pad_crop_flip(train_x[idx], generator=aug_gen), mean, std).contiguous(memory_format=fmt)
+            loss = F.cross_entropy(model(x), train_y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            loss_sum, n = loss_sum + loss.item() * len(idx), n + len(idx)
+        if log:
+            log(f"finetune: epoch {epoch + 1}/{epochs} loss {loss_sum / max(n, 1):.4f}")
+    return _accuracy(model, test_x, test_y, mean, std, channels_last=channels_last)
+
+
+def fixed_subset(n: int, size: int, seed: int) -> torch.Tensor:
+    """A fixed random subset of range(n), sorted (all of it when size is 0 or >= n). With the seeds
+    the trainer uses (run seed + 1 for the kNN bank, + 2 for the queries) it picks the same images."""
+    if size <= 0 or size >= n:
+        return torch.arange(n)
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:size].sort().values

@@ -4,8 +4,10 @@
     python scripts/reproduce_table1.py --budget smoke --methods simclr dare --datasets cifar10
 
 Each cell pretrains with ``fastssl.train.train`` (the method's recipe, overridden by the budget) in
-``OUT/cells/<method>-<dataset>-<encoder>/`` and ends with the linear probe on frozen features (full
-train/test sets for ``quick``/``full``). A cell is finished when its ``result.json`` exists; a cell
+``OUT/cells/<method>-<dataset>-<encoder>/`` and ends with a linear evaluation on the full train/test
+sets (subsets for ``smoke``): the fast probe on precomputed features for ``smoke``/``quick``, the
+standard protocol (linear head on the frozen backbone, crop + flip, SGD, 100 epochs, cosine) for
+``full``. Every number in the results names the protocol that produced it. A cell is finished when its ``result.json`` exists; a cell
 with a checkpoint but no result resumes from it, so rerunning the same command picks up where it
 stopped. Before starting, the plan is printed with an estimated wall time per cell on this device,
 from a few real training steps timed per (encoder, method family). ``OUT`` then holds
@@ -64,6 +66,14 @@ BUDGET_NOTES = {
     "smoke": "CPU smoke test of the machinery (width 8, 512-image subset, 2 epochs): NOT a reproduction",
     "quick": "single-GPU quick reproduction: full width, full data, 50 epochs at batch 512",
     "full": "public long recipes: full width, full data, 1000 epochs at batch 256",
+}
+# Which linear evaluation produces each budget's "linear" number (fastssl.eval; DESIGN section 5).
+LINEAR_PROTOCOL = {"smoke": "probe", "quick": "probe", "full": "standard"}
+# The standard protocol's settings (solo-learn's CIFAR linear evaluation, with a cosine schedule).
+STANDARD = dict(epochs=100, batch_size=256, lr=0.1)
+PROTOCOL_TEXT = {
+    "probe": "a linear classifier on features precomputed once, AdamW, 100 epochs (a fast proxy)",
+    "standard": "a linear head on the frozen backbone in eval mode, crop + flip, SGD momentum 0.9, cosine schedule",
 }
 DATASET_SIZE = {"cifar10": (50000, 10000), "cifar100": (50000, 10000)}  # when the data is not at hand
 
@@ -220,6 +230,7 @@ def _sizes(cfg) -> tuple[int, int, str | None]:
 
 
 def plan(cells: list[Cell], budget: str, out: Path, device: str, data, progress: bool) -> list[Planned]:
+    from .checkpoint import load_checkpoint
     from .train import CHECKPOINT
     planned, sizes = [], {}
     for cell in cells:
@@ -236,10 +247,14 @@ def plan(cells: list[Cell], budget: str, out: Path, device: str, data, progress:
         queries = min(cfg.knn_queries, n_test) if cfg.knn_queries else n_test
         epochs_left = cfg.epochs
         if status == "resume":  # only what is left after the checkpoint's epoch
-            epochs_left -= torch.load(folder / CHECKPOINT, map_location="cpu", weights_only=False)["epoch"]
+            epochs_left -= load_checkpoint(folder / CHECKPOINT)["epoch"]  # weights_only: never runs code
         steps = max(0, epochs_left) * (train_n // cfg.batch_size)
-        # kNN before and after training, then the linear probe: three feature passes over bank + queries
-        planned.append(Planned(cell, cfg, status, steps, 3 * (bank + queries)))
+        # kNN before and after training, then the linear probe: three feature passes over bank + queries;
+        # the standard protocol adds a backbone pass over the train set per epoch
+        eval_images = 3 * (bank + queries)
+        if LINEAR_PROTOCOL[budget] == "standard":
+            eval_images += STANDARD["epochs"] * bank + queries
+        planned.append(Planned(cell, cfg, status, steps, eval_images))
     return planned
 
 
@@ -271,6 +286,9 @@ def fmt_s(seconds: float | None) -> str:
 
 def plan_text(planned: list[Planned], budget: str, out: Path, device_name: str, probes: dict) -> str:
     lines = [f"plan: budget {budget} ({BUDGET_NOTES[budget]}); {len(planned)} cells on {device_name}; output {out}",
+             f"  linear evaluation: {LINEAR_PROTOCOL[budget]} ({PROTOCOL_TEXT[LINEAR_PROTOCOL[budget]]}"
+             + (f", {STANDARD['epochs']} epochs, batch {STANDARD['batch_size']}, lr {STANDARD['lr']}"
+                if LINEAR_PROTOCOL[budget] == "standard" else "") + ")",
              f"  {'cell':28s} {'status':8s} {'epochs':>6s} {'steps left':>10s} {'est. wall':>10s}"]
     for p in planned:
         lines.append(f"  {p.cell.name:28s} {p.status.split(' (')[0]:8s} {p.cfg.epochs:6d} {p.steps:10d} "
@@ -308,10 +326,19 @@ def run_cell(p: Planned, budget: str) -> dict:
     summary = train(dataclasses.replace(p.cfg, resume=resumed))
     cfg = summary["config"]
     paper, original = PAPER[(p.cell.method, p.cell.dataset, p.cell.encoder)]
-    ours = summary["linear_top1"]
+    protocol, probe_top1, standard_s = LINEAR_PROTOCOL[budget], summary["linear_top1"], None
+    if protocol == "standard":
+        t0 = time.perf_counter()
+        ours = standard_linear_top1(p.cfg)
+        standard_s = time.perf_counter() - t0
+    else:
+        ours = probe_top1
     record = dict(method=p.cell.method, dataset=p.cell.dataset, encoder=p.cell.encoder, budget=budget,
-                  linear_top1=ours, paper_top1=paper, paper_original_top1=original,
+                  linear_top1=ours, linear_protocol=protocol,
+                  linear_settings=STANDARD if protocol == "standard" else None, linear_s=standard_s,
+                  probe_top1=probe_top1, paper_top1=paper, paper_original_top1=original,
                   diff=None if ours is None else round(ours - paper, 2), knn_top1=summary["knn_top1"],
+                  knn_protocol=f"kNN k={cfg['knn_k']}, temperature {cfg['knn_t']}", knn_top1_k20=summary.get("knn_top1_k20"),
                   knn_top1_init=summary["knn_top1_init"], epochs=summary["epochs"], steps=summary["steps"],
                   images_seen=summary["images_seen"], wall_s=summary["wall_s"], device=summary["device"],
                   estimate_s=p.estimate_s, resumed=resumed, width=cfg["width"], batch_size=cfg["batch_size"],
@@ -319,6 +346,30 @@ def run_cell(p: Planned, budget: str) -> dict:
                   finished=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     _write_json(record, folder / RESULT)
     return record
+
+
+def standard_linear_top1(cfg) -> float:
+    """The standard linear protocol on a finished cell's checkpoint: full train and test sets."""
+    from data_prep import load_dataset
+
+    from .checkpoint import load_checkpoint
+    from .data import to_nchw
+    from .encoder import encoder_from_checkpoint
+    from .eval import standard_linear_eval
+    device = torch.device(cfg.device)
+    encoder = encoder_from_checkpoint(load_checkpoint(cfg.out), cfg.out).to(device)
+    ds = load_dataset(cfg.dataset, cfg.data)
+    data = [to_nchw(ds.train_x, device), torch.from_numpy(ds.train_y).to(device),
+            to_nchw(ds.test_x, device), torch.from_numpy(ds.test_y).to(device)]
+    print(f"standard linear evaluation: {len(ds.train_y)} train / {len(ds.test_y)} test images, "
+          f"{STANDARD['epochs']} epochs", flush=True)
+    return standard_linear_eval(encoder, *data, ds.mean, ds.std, ds.num_classes, seed=cfg.seed,
+                                channels_last=cfg.channels_last, **STANDARD)
+
+
+def protocol_of(record: dict) -> str:
+    """The linear protocol of a result (records written before protocols were recorded: the probe)."""
+    return record.get("linear_protocol") or "probe"
 
 
 def collect(out: Path) -> list[dict]:
@@ -346,21 +397,31 @@ def versions() -> dict:
 
 
 def results_markdown(results: dict) -> str:
-    """The reproduction table (also what scripts/render_results.py puts in the README)."""
+    """The reproduction table (also what scripts/render_results.py puts in the README). Results written
+    before protocols were recorded (no ``linear_protocol``) are all probe numbers: the old layout."""
     rows = results["cells"]
     devices = sorted({r["device"] for r in rows})
+    recorded = "linear_protocol" in results
+    if recorded:
+        what = (f"Linear top-1 (%) on frozen features, by the protocol in the table's last column (probe: "
+                f"{PROTOCOL_TEXT['probe']}; standard: {PROTOCOL_TEXT['standard']}); kNN: weighted kNN top-1, "
+                f"k = {(results.get('budget_settings') or {}).get('knn_k', 200)}; paper")
+    else:
+        what = "Linear-probe top-1 (%) on frozen features; paper"
     lines = [f"Budget **{results['budget']}**: {BUDGET_NOTES[results['budget']]}. Device: {', '.join(devices) or '-'}. "
-             f"Linear-probe top-1 (%) on frozen features; paper = the seed paper's Table 1 (original work's "
-             f"number in parentheses)." + _environment_line(results.get("environment")), "",
-             "| method | dataset | encoder | ours | paper | ours - paper | kNN | epochs | steps | wall | device |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+             f"{what} = the seed paper's Table 1 (original work's number in parentheses)."
+             + _environment_line(results.get("environment")), "",
+             "| method | dataset | encoder | ours | paper | ours - paper | kNN | epochs | steps | wall | device |"
+             + (" protocol |" if recorded else ""),
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|" + ("---|" if recorded else "")]
     for r in rows:
         paper = f"{r['paper_top1']:.1f}" + (f" ({r['paper_original_top1']})" if r["paper_original_top1"] else "")
         ours = "-" if r["linear_top1"] is None else f"{r['linear_top1']:.2f}"
         diff = "-" if r["diff"] is None else f"{r['diff']:+.2f}"
         knn = "-" if r["knn_top1"] is None else f"{r['knn_top1']:.2f}"
         lines.append(f"| {r['method']} | {r['dataset']} | {r['encoder']} | {ours} | {paper} | {diff} | {knn} | "
-                     f"{r['epochs']} | {r['steps']} | {fmt_s(r['wall_s'])} | {r['device']} |")
+                     f"{r['epochs']} | {r['steps']} | {fmt_s(r['wall_s'])} | {r['device']} |"
+                     + (f" {protocol_of(r)} |" if recorded else ""))
     missing = results.get("cells_not_run", [])
     if missing:
         lines += ["", f"Not run in this folder ({len(missing)} of {len(missing) + len(rows)} cells): "
@@ -382,6 +443,8 @@ def write_results(out: Path, budget: str, command: str) -> dict:
     rows = collect(out)
     done = {(r["method"], r["dataset"], r["encoder"]) for r in rows}
     results = dict(budget=budget, budget_settings=BUDGETS[budget], note=BUDGET_NOTES[budget], command=command,
+                   linear_protocol=LINEAR_PROTOCOL[budget], protocols=PROTOCOL_TEXT,
+                   standard_settings=STANDARD if LINEAR_PROTOCOL[budget] == "standard" else None,
                    written=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                    versions=versions(), platform=platform.platform(), cells=rows,
                    environment=dict(FASTSSL_DATA=os.environ.get("FASTSSL_DATA"),
@@ -391,11 +454,12 @@ def write_results(out: Path, budget: str, command: str) -> dict:
                    cells_not_run=[c.name for c in grid() if (c.method, c.dataset, c.encoder) not in done])
     _write_json(results, out / "results.json")
     buf = io.StringIO()
-    cols = ["method", "dataset", "encoder", "budget", "linear_top1", "paper_top1", "paper_original_top1", "diff",
-            "knn_top1", "epochs", "steps", "wall_s", "device"]
+    cols = ["method", "dataset", "encoder", "budget", "linear_top1", "linear_protocol", "probe_top1", "paper_top1",
+            "paper_original_top1", "diff", "knn_top1", "knn_protocol", "knn_top1_k20", "epochs", "steps", "wall_s",
+            "device"]
     writer = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows([{**r, "linear_protocol": protocol_of(r)} for r in rows])
     (out / "results.csv").write_text(buf.getvalue())
     (out / "results.md").write_text(f"# Table 1 reproduction\n\n`{command}`\n\n" + results_markdown(results))
     chart(rows, budget, out / "results.png")
@@ -411,7 +475,8 @@ def chart(rows: list[dict], budget: str, path: Path) -> None:
     labels = [f"{r['method']}\n{r['dataset']}\n{r['encoder'].replace('resnet', 'R')}" for r in rows]
     x = range(len(rows))
     fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(rows) + 1.5), 4.0))
-    ax.bar([i - 0.2 for i in x], [r["linear_top1"] or 0 for r in rows], 0.4, label=f"ours ({budget})")
+    protocols = "/".join(sorted({protocol_of(r) for r in rows})) or LINEAR_PROTOCOL[budget]
+    ax.bar([i - 0.2 for i in x], [r["linear_top1"] or 0 for r in rows], 0.4, label=f"ours ({budget}, {protocols})")
     ax.bar([i + 0.2 for i in x], [r["paper_top1"] for r in rows], 0.4, label="paper (Table 1)")
     ax.set_xticks(list(x), labels, fontsize=7)
     ax.set_ylabel("linear top-1 (%)")
@@ -450,6 +515,7 @@ def main(argv=None) -> int:
     out = args.out or Path("runs") / f"table1-{args.budget}"
     from data_prep import DataError
 
+    from .checkpoint import CheckpointError
     from .config import CLIError
     from .train import TrainingDiverged
     try:
@@ -461,7 +527,7 @@ def main(argv=None) -> int:
         _write_json(dict(budget=args.budget), meta)
         planned = plan(grid(args.methods, args.datasets, args.encoders), args.budget, out, args.device, args.data,
                        args.progress)
-    except (ReproduceError, CLIError, OSError) as e:
+    except (ReproduceError, CLIError, CheckpointError, OSError) as e:
         print(f"reproduce_table1.py: error: {e}", file=sys.stderr)
         return 2
     device = torch.device(planned[0].cfg.device)
@@ -495,7 +561,8 @@ def main(argv=None) -> int:
             print(f"cell {p.cell.name} failed: {e}", file=sys.stderr)
             failed.append(p.cell.name)
             continue
-        print(f"cell {p.cell.name}: linear top-1 {r['linear_top1']:.2f}% (paper {r['paper_top1']}, "
+        print(f"cell {p.cell.name}: linear top-1 {r['linear_top1']:.2f}% ({r['linear_protocol']} protocol; "
+              f"paper {r['paper_top1']}, "
               f"{r['diff']:+.2f}) in {fmt_s(r['wall_s'])} (estimated {fmt_s(p.estimate_s)})", flush=True)
     results = write_results(out, args.budget, command)
     print("\n" + results_markdown(results))

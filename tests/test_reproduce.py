@@ -51,7 +51,7 @@ def test_smoke_end_to_end_kill_and_resume(tmp_path, tiny_folder, monkeypatch, ca
     assert reproduce.main(argv) == 130
     simclr_dir, dare_dir = out / "cells" / "simclr-cifar10-resnet18", out / "cells" / "dare-cifar10-resnet18"
     assert (simclr_dir / "result.json").is_file() and not (dare_dir / "result.json").exists()
-    first = torch.load(dare_dir / "checkpoint.pt", weights_only=False)
+    first = torch.load(dare_dir / "checkpoint.pt", weights_only=True)
     assert first["epoch"] == 1
     simclr_bytes = (simclr_dir / "result.json").read_bytes()
     plan = json.loads((out / "plan.json").read_text())
@@ -75,7 +75,7 @@ def test_smoke_end_to_end_kill_and_resume(tmp_path, tiny_folder, monkeypatch, ca
     assert plan["dare-cifar10-resnet18"]["steps"] == 80 // 32  # one epoch left of two
     assert calls == [(str(dare_dir), True)]
     assert (simclr_dir / "result.json").read_bytes() == simclr_bytes
-    resumed = torch.load(dare_dir / "checkpoint.pt", weights_only=False)
+    resumed = torch.load(dare_dir / "checkpoint.pt", weights_only=True)
     assert resumed["epoch"] == 2 and resumed["history"][0] == first["history"][0]
     assert json.loads((dare_dir / "result.json").read_text())["resumed"] is True
 
@@ -89,6 +89,7 @@ def test_smoke_end_to_end_kill_and_resume(tmp_path, tiny_folder, monkeypatch, ca
     assert [(r["method"], float(r["paper_top1"])) for r in rows] == [("simclr", 85.9), ("dare", 87.3)]
     md = (out / "results.md").read_text()
     assert "| simclr | cifar10 | resnet18 |" in md and "85.9 (91.8)" in md and "NOT a reproduction" in md
+    assert "| probe |\n" in md and all(r["linear_protocol"] == "probe" for r in results["cells"])
     assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # a third run recomputes nothing
@@ -132,3 +133,48 @@ def test_missing_data_fails_the_cell_not_the_run(tmp_path, tiny_folder, capsys):
     assert "cell simclr-cifar100-resnet18 failed" in captured.err
     assert (out / "cells" / "simclr-cifar10-resnet18" / "result.json").is_file()
     assert len(json.loads((out / "results.json").read_text())["cells"]) == 1
+
+
+def test_full_budget_uses_the_standard_protocol():
+    assert reproduce.LINEAR_PROTOCOL == {"smoke": "probe", "quick": "probe", "full": "standard"}
+    assert reproduce.STANDARD == dict(epochs=100, batch_size=256, lr=0.1)
+    assert reproduce.protocol_of({}) == "probe"  # results written before protocols were recorded
+
+
+@pytest.mark.slow  # a smoke cell end to end: ~25 s on a busy CPU
+def test_standard_protocol_cell_records_its_protocol(tmp_path, tiny_folder, monkeypatch):
+    """The smoke budget switched to the standard protocol (2 epochs): the cell's linear number comes from
+    fastssl.eval.standard_linear_eval and every output file says so."""
+    monkeypatch.setitem(reproduce.LINEAR_PROTOCOL, "smoke", "standard")
+    monkeypatch.setattr(reproduce, "STANDARD", dict(epochs=2, batch_size=32, lr=0.1))
+    from fastssl import eval as ev
+    calls, real = [], ev.standard_linear_eval
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ev, "standard_linear_eval", counting)
+    out = tmp_path / "std"
+    assert reproduce.main(ARGS + ["--methods", "simclr", "--data", str(tiny_folder), "--out", str(out)]) == 0
+    assert len(calls) == 1 and calls[0]["epochs"] == 2
+    record = json.loads((out / "cells" / "simclr-cifar10-resnet18" / "result.json").read_text())
+    assert record["linear_protocol"] == "standard" and record["linear_settings"]["epochs"] == 2
+    assert record["probe_top1"] is not None and record["linear_s"] > 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["linear_protocol"] == "standard" and results["cells"][0]["linear_protocol"] == "standard"
+    row = next(csv.DictReader((out / "results.csv").open()))
+    assert row["linear_protocol"] == "standard" and row["knn_protocol"].startswith("kNN k=20")  # smoke: knn_k 20
+    md = (out / "results.md").read_text()
+    assert "| simclr | cifar10 | resnet18 |" in md and "| standard |\n" in md and "standard: a linear head on the frozen backbone" in md
+
+
+def test_a_cell_checkpoint_that_is_not_one_is_refused_on_one_line(tmp_path, tiny_folder, capsys):
+    """Planning reads a half-done cell's checkpoint with weights_only: a foreign file is one line, exit 2."""
+    out = tmp_path / "r"
+    cell = out / "cells" / "simclr-cifar10-resnet18"
+    cell.mkdir(parents=True)
+    (cell / "checkpoint.pt").write_text("not a checkpoint\n")
+    assert reproduce.main(ARGS + ["--methods", "simclr", "--data", str(tiny_folder), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "is not a fastssl checkpoint" in err
