@@ -45,7 +45,7 @@ from .augment import TwoViewAugment, policy_pair
 from .checkpoint import CHECKPOINT, CheckpointError, load_checkpoint, save_checkpoint
 from .config import Config, config_from_checkpoint
 from .data import epoch_seed, to_nchw
-from .eval import extract_features, knn_top1, linear_probe
+from .eval import extract_features, knn_accuracies, linear_probe
 from .loaders import build_loader
 from .models import build_encoder
 from .optim import build_optimizer
@@ -117,9 +117,11 @@ class Evaluator:
         return (extract_features(encoder, self.bank_x, self.mean, self.std, **kw),
                 extract_features(encoder, self.query_x, self.mean, self.std, **kw))
 
-    def knn(self, encoder) -> float:
+    def knn(self, encoder) -> dict[int, float]:
+        """kNN top-1 (%) at k = 20 and at --knn-k (200 by default), from one similarity search."""
         bank, queries = self.features(encoder)
-        return knn_top1(bank, self.bank_y, queries, self.query_y, self.num_classes, self.cfg.knn_k, self.cfg.knn_t)
+        return knn_accuracies(bank, self.bank_y, queries, self.query_y, self.num_classes, ks=(20, self.cfg.knn_k),
+                              temperature=self.cfg.knn_t)
 
     def linear(self, encoder) -> float:
         bank, queries = self.features(encoder)
@@ -312,10 +314,11 @@ def _train(cfg: Config, device: torch.device) -> dict | None:
             return None
         t0, at = _now(), clock.read()
         with clock.paused():
-            top1 = evaluator.knn(method.encoder)
+            accs = evaluator.knn(method.encoder)
+        top1 = accs[cfg.knn_k]
         eval_s["knn"] += _now() - t0
         st["metrics"].append(dict(event="knn", epoch=epoch, step=step, images=step * cfg.batch_size,
-                                  train_s=at, wall_s=wall(), knn_top1=top1))
+                                  train_s=at, wall_s=wall(), knn_top1=top1, knn_top1_k20=accs[20]))
         if tb is not None:
             tb.add_scalar("knn/top1", top1, step)
         return top1
@@ -518,6 +521,7 @@ def _train(cfg: Config, device: torch.device) -> dict | None:
                    time_to_target_s=st["time_to_target_s"], images_to_target=st["images_to_target"],
                    stopped_by=stopped or "epochs", device=_device_name(device, world),
                    knn_top1_init=st["knn_top1_init"], knn_top1=knn_rows[-1]["knn_top1"] if knn_rows else None,
+                   knn_top1_k20=knn_rows[-1].get("knn_top1_k20") if knn_rows else None,
                    linear_top1=linear, config=dataclasses.asdict(cfg))
     write_text(json.dumps(summary, indent=2) + "\n", out / "summary.json")
     if tb is not None:

@@ -136,7 +136,7 @@ def test_target_knn_stops_the_run(tmp_path, tiny_folder, monkeypatch):
 
     def rising_knn(self, encoder):  # 0, 20, 40, 60, ...: reaches 50 at the fourth measurement
         measured.append(1)
-        return 20.0 * (len(measured) - 1)
+        return {20: 20.0 * (len(measured) - 1), self.cfg.knn_k: 20.0 * (len(measured) - 1)}
 
     monkeypatch.setattr(train_mod.Evaluator, "knn", rising_knn)
     out = tmp_path / "run"
@@ -223,7 +223,8 @@ def test_unlabelled_images_train_and_skip_evaluation(tmp_path, tiny_folder, caps
     # supervised methods refuse unlabelled data in one line
     assert main(["--method", "supcon", "--dataset", "images", "--data", str(folder), "--out", str(tmp_path / "s"),
                  *TINY, "--epochs", "1"]) == 2
-    assert capsys.readouterr().err.count("\n") == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("data_prep: ")]
+    assert len(errors) == 1 and "no class labels" in errors[0]  # one line (besides data_prep's cache note)
     # --eval-data: kNN on a labelled folder
     assert main(["--method", "simclr", "--dataset", "images", "--data", str(folder), "--out", str(tmp_path / "e"),
                  *TINY, "--epochs", "1", "--eval-data", str(tiny_folder)]) == 0

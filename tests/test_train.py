@@ -281,7 +281,7 @@ def test_fast_preset_and_recipe_resolution():
 
 
 def test_linear_eval_refuses_an_unsafe_checkpoint(tmp_path, capsys):
-    from fastssl.cli import linear_eval_main
+    from fastssl.eval_cli import linear_eval_main
     marker = tmp_path / "pwned"
     with open(tmp_path / "checkpoint.pt", "wb") as f:
         pickle.dump({"method": _CreatesFile(marker), "config": {}}, f)
