@@ -147,6 +147,31 @@ def _accuracy(model: nn.Module, images, labels, mean, std, batch_size: int = 102
     return 100.0 * (logits.argmax(1) == labels).float().mean().item()
 
 
+def _train_augmented(model: nn.Module, params, train_x, train_y, mean, std, epochs: int, batch_size: int, lr: float,
+                     momentum: float, weight_decay: float, seed: int, channels_last: bool, log, what: str,
+                     min_size: int = 1) -> None:
+    """The supervised loop both protocols share: random crop (4-px padding) + flip drawn afresh every
+    epoch, cross-entropy, SGD with momentum on ``params`` and a per-step cosine schedule."""
+    device = train_x.device
+    opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * ((len(train_x) + batch_size - 1) // batch_size))
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    aug_gen = torch.Generator(device=device).manual_seed(seed + 1)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    for epoch in range(epochs):
+        loss_sum, n = 0.0, 0
+        for idx in _batches(len(train_x), batch_size, gen, device, min_size=min_size):
+            x = normalize(pad_crop_flip(train_x[idx], generator=aug_gen), mean, std).contiguous(memory_format=fmt)
+            loss = F.cross_entropy(model(x), train_y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            loss_sum, n = loss_sum + loss.item() * len(idx), n + len(idx)
+        if log:
+            log(f"{what}: epoch {epoch + 1}/{epochs} loss {loss_sum / max(n, 1):.4f}")
+
+
 def standard_linear_eval(encoder: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
                          test_y: torch.Tensor, mean, std, num_classes: int, epochs: int = 100, batch_size: int = 256,
                          lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 0.0, seed: int = 0,
@@ -159,33 +184,15 @@ def standard_linear_eval(encoder: nn.Module, train_x: torch.Tensor, train_y: tor
     costs ``epochs`` feature passes over the train set: minutes on a GPU, much longer on a CPU.
     ``train_x``/``test_x`` are uint8 NCHW on the device where it runs.
     """
-    device = train_x.device
     was_training = encoder.training
     frozen = [p.requires_grad for p in encoder.parameters()]
-    encoder.eval().requires_grad_(False)
-    head = _seeded_linear(encoder.dim, num_classes, seed).to(device)
-    opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    steps = epochs * ((len(train_x) + batch_size - 1) // batch_size)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    aug_gen = torch.Generator(device=device).manual_seed(seed + 1)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    encoder.eval().requires_grad_(False)  # eval: BatchNorm uses (and keeps) its running statistics
+    head = _seeded_linear(encoder.dim, num_classes, seed).to(train_x.device)
+    model = nn.Sequential(encoder, head)
     try:
-        for epoch in range(epochs):
-            loss_sum, n = 0.0, 0
-            for idx in _batches(len(train_x), batch_size, gen, device):
-                x = normalize(pad_crop_flip(train_x[idx], generator=aug_gen), mean, std).contiguous(memory_format=fmt)
-                with torch.no_grad():
-                    h = encoder(x)
-                loss = F.cross_entropy(head(h), train_y[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                loss_sum, n = loss_sum + loss.item() * len(idx), n + len(idx)
-            if log:
-                log(f"standard linear: epoch {epoch + 1}/{epochs} loss {loss_sum / n:.4f}")
-        return _accuracy(nn.Sequential(encoder, head), test_x, test_y, mean, std, channels_last=channels_last)
+        _train_augmented(model, head.parameters(), train_x, train_y, mean, std, epochs, batch_size, lr, momentum,
+                         weight_decay, seed, channels_last, log, "standard linear")
+        return _accuracy(model, test_x, test_y, mean, std, channels_last=channels_last)
     finally:
         for p, flag in zip(encoder.parameters(), frozen):
             p.requires_grad_(flag)
@@ -199,27 +206,10 @@ def finetune(encoder: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, t
     """Top-1 test accuracy (%) after full fine-tuning: backbone (BatchNorm in train mode) and a new
     linear head trained together with random crop (4-px padding) + flip, SGD with momentum and a
     per-step cosine schedule. Changes ``encoder`` in place."""
-    device = train_x.device
-    model = nn.Sequential(encoder, _seeded_linear(encoder.dim, num_classes, seed)).to(device)
+    model = nn.Sequential(encoder, _seeded_linear(encoder.dim, num_classes, seed)).to(train_x.device)
     model.requires_grad_(True).train()
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    steps = epochs * ((len(train_x) + batch_size - 1) // batch_size)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    aug_gen = torch.Generator(device=device).manual_seed(seed + 1)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    for epoch in range(epochs):
-        loss_sum, n = 0.0, 0
-        for idx in _batches(len(train_x), batch_size, gen, device, min_size=2):  # BatchNorm needs 2 images
-            x = normalize(pad_crop_flip(train_x[idx], generator=aug_gen), mean, std).contiguous(memory_format=fmt)
-            loss = F.cross_entropy(model(x), train_y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            loss_sum, n = loss_sum + loss.item() * len(idx), n + len(idx)
-        if log:
-            log(f"finetune: epoch {epoch + 1}/{epochs} loss {loss_sum / max(n, 1):.4f}")
+    _train_augmented(model, model.parameters(), train_x, train_y, mean, std, epochs, batch_size, lr, momentum,
+                     weight_decay, seed, channels_last, log, "finetune", min_size=2)  # BatchNorm needs 2 images
     return _accuracy(model, test_x, test_y, mean, std, channels_last=channels_last)
 
 

@@ -45,7 +45,7 @@ from .augment import TwoViewAugment, policy_pair
 from .checkpoint import CHECKPOINT, CheckpointError, load_checkpoint, save_checkpoint
 from .config import Config, config_from_checkpoint
 from .data import epoch_seed, to_nchw
-from .eval import extract_features, knn_accuracies, linear_probe
+from .eval import extract_features, fixed_subset, knn_accuracies, linear_probe
 from .loaders import build_loader
 from .models import build_encoder
 from .optim import build_optimizer
@@ -82,13 +82,6 @@ def write_text(text: str, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _subset(n: int, size: int, seed: int) -> torch.Tensor:
-    """A fixed random subset of range(n) (all of it when size is 0 or >= n), sorted."""
-    if size <= 0 or size >= n:
-        return torch.arange(n)
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:size].sort().values
-
-
 class Evaluator:
     """kNN monitor (and, at the end, the linear probe) on fixed subsets of train (bank) and test.
 
@@ -103,8 +96,8 @@ class Evaluator:
             held = order[:max(1, len(order) // 5)]
             kept = order[len(held):]
             train_x, train_y, test_x, test_y = train_x[kept], train_y[kept], train_x[held], train_y[held]
-        bank = _subset(len(train_y), cfg.knn_bank, cfg.seed + 1).numpy()
-        queries = _subset(len(test_y), cfg.knn_queries, cfg.seed + 2).numpy()
+        bank = fixed_subset(len(train_y), cfg.knn_bank, cfg.seed + 1).numpy()
+        queries = fixed_subset(len(test_y), cfg.knn_queries, cfg.seed + 2).numpy()
         self.bank_x, self.bank_y = to_nchw(train_x[bank], device), torch.from_numpy(train_y[bank]).to(device)
         self.query_x, self.query_y = to_nchw(test_x[queries], device), torch.from_numpy(test_y[queries]).to(device)
         self.mean = ds.mean if mean is None else mean
@@ -254,7 +247,7 @@ def _train(cfg: Config, device: torch.device) -> dict | None:
     ds, eval_ds = _load_data(cfg, main, log)
     if first_on_node:
         distributed.barrier()
-    train_idx = _subset(len(ds.train_y), cfg.train_subset, cfg.seed).numpy()
+    train_idx = fixed_subset(len(ds.train_y), cfg.train_subset, cfg.seed).numpy()
     evaluator = Evaluator(eval_ds, cfg, device, mean=ds.mean, std=ds.std) if main and eval_ds is not None else None
     if main:
         where = ("" if evaluator is None else f", kNN bank {len(evaluator.bank_y)} images and "
