@@ -164,7 +164,9 @@ def train(cfg: Config) -> dict | None:
     """
     device, owns_group = distributed.init(cfg.device)
     out = Path(cfg.out)
-    created = [p for p in (out, *out.parents) if not p.exists()]  # folders this run may create (deepest first)
+    # folders this run may create (deepest first); rank 0 alone writes files, so it alone tidies them up
+    # (another rank's early exit must not remove the folder rank 0 is about to write into)
+    created = [p for p in (out, *out.parents) if not p.exists()] if distributed.rank() == 0 else []
     try:
         return _train(cfg, device)
     except BaseException:
