@@ -265,8 +265,11 @@ def test_recipe_and_new_defaults():
     assert (cfg.time_budget, cfg.target_knn, cfg.knn_every_steps, cfg.local_crops, cfg.local_size) == (0, 0, 0, 0, 16)
     assert cfg.local_scale == (0.05, 0.3) and cfg.res_schedule == "" and cfg.recipe == "default" and cfg.log == "none"
     speed = resolve(parse_args(["--method", "simclr", "--device", "cpu", "--recipe", "speedrun"]))
-    # speedrun has no measured overrides yet: it resolves exactly like default
-    assert dataclasses.replace(speed, recipe="default") == cfg
+    # speedrun = default with progressive resolution (measured, see fastssl/config.py); the command line wins
+    assert speed.res_schedule == "16,24,32"
+    assert dataclasses.replace(speed, recipe="default", res_schedule="") == cfg
+    mine = resolve(parse_args(["--method", "simclr", "--device", "cpu", "--recipe", "speedrun", "--res-schedule", ""]))
+    assert dataclasses.replace(mine, recipe="default") == cfg
     cfg = resolve(parse_args(["--method", "simclr", "--device", "cpu", "--local-scale", "0.1,0.4", "--local-crops", "4"]))
     assert cfg.local_scale == (0.1, 0.4) and cfg.local_crops == 4
 
