@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+from .config import _non_negative  # the command line's own check: one message for the same mistake
+
 PROTOCOLS = ("probe", "standard")
 PROTOCOL_HELP = ("probe: the fast proxy, a linear classifier on features precomputed once (AdamW, standardised "
                  "features; seconds on a GPU); standard: the protocol behind published tables (solo-learn's CIFAR "
@@ -31,14 +33,7 @@ def _positive(kind):
     return parse
 
 
-def _non_negative_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an int: {text!r}")
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
+_non_negative_int = _non_negative(int)
 
 
 def _fraction(text):
