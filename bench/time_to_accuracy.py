@@ -307,7 +307,8 @@ def summary_markdown(record: dict) -> str:
     lines = [f"`{env['command']}` on {env['device']}, {env['time'][:10]}, torch {env['torch']}; {s['mode']} mode, "
              f"time budget {s['budget']:g} s of training per run (evaluation not charged), kNN every "
              f"{s['knn_every_steps']} steps, {s['threads']} threads, runs one at a time"
-             + (f", target {target:g}% kNN" if target else "") + ".", "",
+             + (f", target {target:g}% kNN" if target else "") + "."
+             + (f" Note: {record['note']}" if record.get("note") else ""), "",
              "| recipe | method | seed | kNN at budget | kNN before | train_s | steps | images | "
              + ("time to target (s) | " if target else "") + "status |",
              "|---|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if target else "") + "---|"]
