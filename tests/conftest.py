@@ -1,5 +1,11 @@
 """Shared fixtures: a tiny learnable image-folder dataset, a private cache dir, the real data path."""
 import os
+
+# numba (FFCV's parallel kernels) picks the TBB threading layer when a system libtbb exists (Debian's OpenCV
+# pulls it in), and its at-exit unload_tbb() was seen to hang forever after the whole suite had passed
+# (a pytest process sleeping in tbb::task_group::wait at interpreter shutdown). The OpenMP layer has no
+# such hook; it must be chosen before numba starts its first parallel kernel.
+os.environ.setdefault("NUMBA_THREADING_LAYER", "omp")
 from pathlib import Path
 
 import numpy as np
