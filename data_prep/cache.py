@@ -20,12 +20,12 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
-import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_path
 from .dataset import Dataset
 from .errors import DataError
 
@@ -120,13 +120,9 @@ def save_cached(path: Path, ds: Dataset, fingerprint: str, verbose: bool = True)
     A failure to write (read-only or full disk) is reported and returns False: the data was read
     fine, only the next load will be slower.
     """
-    tmp_name = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(
-            dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp", delete=False
-        ) as f:
-            tmp_name = f.name
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
             np.savez(
                 f,
                 version=np.int64(CACHE_VERSION),
@@ -145,18 +141,9 @@ def save_cached(path: Path, ds: Dataset, fingerprint: str, verbose: bool = True)
             )
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp_name, 0o644)  # temp files are created 0600; a cache is ordinary data
-        os.replace(tmp_name, path)
-        tmp_name = None
     except OSError as exc:
         note(f"could not write cache {path} ({exc}); continuing without it", verbose=True)
         return False
-    finally:
-        if tmp_name is not None:
-            try:
-                os.unlink(tmp_name)
-            except OSError:
-                pass
     ds.cache_path = path
     note(f"cached {ds.name} arrays in {path}", verbose)
     return True

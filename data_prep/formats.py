@@ -30,12 +30,12 @@ import io
 import json
 import os
 import tarfile
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_path
 from .cache import cache_root, note
 from .dataset import Dataset
 from .errors import DataError
@@ -131,21 +131,6 @@ def parse_formats(text: str | Sequence[str]) -> list[str]:
 # Atomic files, manifest, lock
 # --------------------------------------------------------------------------------------------
 
-@contextlib.contextmanager
-def _atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path in ``path``'s folder; on success rename it to ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        os.chmod(tmp_path, 0o644)
-        os.replace(tmp_path, path)
-    finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
-
-
 def _read_manifest(folder: Path) -> dict:
     try:
         data = json.loads((folder / "manifest.json").read_text())
@@ -155,7 +140,7 @@ def _read_manifest(folder: Path) -> dict:
 
 
 def _write_manifest(folder: Path, manifest: dict) -> None:
-    with _atomic_path(folder / "manifest.json") as tmp:
+    with atomic_path(folder / "manifest.json") as tmp:
         tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
 
 
@@ -217,7 +202,7 @@ def write_ffcv(path: Path, images: np.ndarray, labels: np.ndarray, mode: str = "
     if not verbose:
         writer_mod.tqdm = lambda *a, **k: real_tqdm(*a, **{**k, "disable": True})
     try:
-        with _atomic_path(path) as tmp:
+        with atomic_path(path) as tmp:
             writer = writer_mod.DatasetWriter(
                 str(tmp),
                 {"image": fields.RGBImageField(write_mode=mode, jpeg_quality=jpeg_quality),
@@ -258,7 +243,7 @@ def write_dali_tar(tar_path: Path, index_path: Path, images: np.ndarray, labels:
     check_arrays(images, labels, str(tar_path))
     n = len(images)
     offsets, sizes = np.zeros(n, np.int64), np.zeros(n, np.int64)
-    with _atomic_path(tar_path) as tmp_tar, _atomic_path(index_path) as tmp_idx:
+    with atomic_path(tar_path) as tmp_tar, atomic_path(index_path) as tmp_idx:
         with open(tmp_tar, "wb") as raw, tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tar, \
                 Progress(n, tar_path.name, verbose) as progress:
             for i in range(n):

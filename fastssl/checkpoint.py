@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from data_prep.atomic import atomic_path
+
 CHECKPOINT = "checkpoint.pt"
 REQUIRED_KEYS = ("method", "config")
 
@@ -35,10 +37,8 @@ def resolve_path(path: str | os.PathLike) -> Path:
 
 def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
     """Write ``state`` atomically (a temporary file, then a rename): a crash never leaves half a file."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:

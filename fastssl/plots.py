@@ -1,8 +1,10 @@
 """curves.png: a run's loss, kNN top-1, learning rate and images/s, against epoch (top row) and
-against wall-clock seconds (bottom row), from its metrics.jsonl rows (DESIGN section 9)."""
+against wall-clock seconds (bottom row), from its metrics.jsonl rows (docs/architecture.md, "Artefacts")."""
 from __future__ import annotations
 
 from pathlib import Path
+
+from data_prep.atomic import atomic_path
 
 PANELS = (("loss", "loss"), ("knn_top1", "kNN top-1 (%)"), ("lr", "learning rate"), ("images_per_s", "images/s"))
 
@@ -36,8 +38,7 @@ def plot_curves(rows: list[dict], path: str | Path, title: str = "") -> Path:
     if title:
         fig.suptitle(title)
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=80)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=80)
     plt.close(fig)
-    tmp.replace(path)
     return path
