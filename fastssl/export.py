@@ -25,12 +25,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from data_prep.atomic import atomic_path, write_json
+
 from .encoder import encoder_from_checkpoint, normalisation
 from .models import ENCODERS
 
 FORMATS = ("safetensors", "torchvision", "torchscript")
 SUFFIX = {"safetensors": ".safetensors", "torchvision": "-torchvision.pt", "torchscript": ".pt2"}
 TORCHVISION_WIDTH = 64
+TORCHVISION_ENCODERS = ("resnet18", "resnet50")  # ours whose layout matches a torchvision model of that name
 
 
 class ExportError(ValueError):
@@ -59,7 +62,11 @@ def torchvision_key(key: str, layers: list[int]) -> str:
 
 
 def torchvision_state_dict(state: dict[str, torch.Tensor], encoder: str, width: int) -> dict[str, torch.Tensor]:
-    """Our backbone state dict renamed to torchvision's ResNet keys (refused for widths other than 64)."""
+    """Our backbone state dict renamed to torchvision's ResNet keys (refused for other encoders and for widths
+    other than 64)."""
+    if encoder not in TORCHVISION_ENCODERS:
+        raise ExportError(f"--to torchvision applies to the ResNets ({', '.join(TORCHVISION_ENCODERS)}) only, not "
+                          f"{encoder}; use --to safetensors or --to torchscript")
     if width != TORCHVISION_WIDTH:
         raise ExportError(f"width {width} cannot load into torchvision's {encoder} (width {TORCHVISION_WIDTH} only); "
                           "use --to safetensors or --to torchscript")
@@ -89,18 +96,19 @@ def export(ckpt: dict, fmt: str, out: str | os.PathLike, source="checkpoint", da
         state = torchvision_state_dict(state, cfg["encoder"], cfg["width"])
     info = description(ckpt, encoder, fmt, source, data)
     out.parent.mkdir(parents=True, exist_ok=True)
-    if fmt == "safetensors":
-        from safetensors.torch import save_file
-        save_file(state, str(out), metadata={"encoder": cfg["encoder"], "width": str(cfg["width"])})
-    elif fmt == "torchvision":
-        torch.save(state, out)
-    else:
-        example = torch.randn(2, 3, 32, 32)
-        batch = torch.export.Dim("batch", min=1)
-        program = torch.export.export(encoder, (example,), dynamic_shapes=({0: batch},))
-        torch.export.save(program, out)
+    with atomic_path(out, suffix=out.suffix) as tmp:  # an interrupted export leaves no half-written file
+        if fmt == "safetensors":
+            from safetensors.torch import save_file
+            save_file(state, str(tmp), metadata={"encoder": cfg["encoder"], "width": str(cfg["width"])})
+        elif fmt == "torchvision":
+            torch.save(state, tmp)
+        else:
+            example = torch.randn(2, 3, 32, 32)
+            batch = torch.export.Dim("batch", min=1)
+            program = torch.export.export(encoder, (example,), dynamic_shapes=({0: batch},))
+            torch.export.save(program, tmp)
     sidecar = sidecar_path(out)
-    sidecar.write_text(json.dumps(info, indent=2) + "\n")
+    write_json(sidecar, info)
     return [out, sidecar]
 
 

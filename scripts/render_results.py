@@ -1,10 +1,10 @@
 #!/usr/bin/env python
-"""Render the README's results section from the committed JSON under bench/results/ (numbers are never
-typed into the README by hand).
+"""Render the results from the committed JSON under bench/results/ (numbers are never typed in by hand):
+the full page docs/results.md and a short summary in README.md between its summary markers.
 
-    python scripts/render_results.py            # rewrite README.md between the results markers
-    python scripts/render_results.py --check    # exit 1 if README.md is not what the JSON renders to
-    python scripts/render_results.py --print    # print the section
+    python scripts/render_results.py            # rewrite docs/results.md and the README's summary
+    python scripts/render_results.py --check    # exit 1 if either is not what the JSON renders to
+    python scripts/render_results.py --print    # print the page, change nothing
 
 Reads every JSON under bench/results/ (folders of ``bench/run_all.py --cpu-smoke`` are ignored) and keeps,
 per benchmark and device kind (CPU / GPU), the latest record: loaders, kernels, train_step, the latest
@@ -21,8 +21,13 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from data_prep.atomic import write_text  # noqa: E402
+
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+SUMMARY_BEGIN, SUMMARY_END = "<!-- results-summary:begin -->", "<!-- results-summary:end -->"
 RESULTS = ROOT / "bench" / "results"
+PAGE = Path("docs") / "results.md"  # beside the README
+UP = "../"  # the page lives in docs/: its links to bench/results/ climb one folder
 
 
 def kind_of(record: dict) -> str | None:
@@ -86,11 +91,21 @@ def load_records(results: Path = RESULTS) -> dict:
     return latest
 
 
+def _link(path: str) -> str:
+    """A markdown link from the page (in docs/) to a file under bench/results/, named by the file."""
+    return f"[{Path(path).name}]({UP}{path})"
+
+
+def _folder_link(path: str) -> str:
+    folder = Path(path).parent
+    return f"[{folder.name}/]({UP}{folder.as_posix()}/)"
+
+
 def _loaders_md(path: str, r: dict) -> str:
     rows = r["results"]
     base = next((x["pairs_per_s"] for x in rows if x["loader"] == "torch" and "skipped" not in x), None)
     lines = [f"`{r['command']}` on {r['device']}, {r['time'][:10]}; {r['dataset']}, {r['images_per_epoch']} images, "
-             f"batch {r['batch_size']}, policy {r['policy']} ([{Path(path).name}]({path})):", "",
+             f"batch {r['batch_size']}, policy {r['policy']} ({_link(path)}):", "",
              "| loader | pairs/s | vs torch DataLoader |", "|---|---:|---:|"]
     for x in rows:
         if "skipped" in x:
@@ -109,22 +124,22 @@ def _train_step_md(path: str, r: dict) -> str:
     return (f"`{env['command']}` on {env['device']}, {env['time'][:10]}, torch {env['torch']}; {r['method']}, width "
             f"{r['width']}, batch {r['batch_size']}, per row the median of {r.get('repeats', 1)} passes of {r['steps']} "
             f"steps on {r['data']} "
-            f"([{Path(path).name}]({path})){partial}.{note}\n\n" + table(r["results"]))
+            f"({_link(path)}){partial}.{note}\n\n" + table(r["results"]))
 
 
 def _kernels_md(path: str, r: dict) -> str:
     env = r["environment"]
     if not r.get("cuda"):
-        return (f"Only a CPU calibration of the eager reference exists ([{Path(path).name}]({path}), {env['device']}); "
+        return (f"Only a CPU calibration of the eager reference exists ({_link(path)}, {env['device']}); "
                 "the fused kernels have not been timed on a GPU.")
     from bench.kernels import markdown
-    return f"[{Path(path).name}]({path}):\n\n" + markdown(r)
+    return f"{_link(path)}:\n\n" + markdown(r)
 
 
 def _run_all_md(path: str, r: dict) -> str:
     env = r["environment"]
     lines = [f"`{env['command']}` on {env['device']}, {env['time'][:10]}, torch {env['torch']}, triton {env['triton']} "
-             f"([{Path(path).parent.name}/]({Path(path).parent.as_posix()}/)):", "",
+             f"({_folder_link(path)}):", "",
              "| piece | status | wall (s) | result |", "|---|---|---:|---|"]
     for p in r["pieces"]:
         res = p.get("skip", "")
@@ -138,7 +153,7 @@ def _run_all_md(path: str, r: dict) -> str:
 
 
 def _pretrain_fast_md(path: str, r: dict) -> str:
-    lines = [f"{r['provenance']} Device: {r['device']}; `{r['command']}`; {r['setup']} ([{Path(path).name}]({path})).", "",
+    lines = [f"{r['provenance']} Device: {r['device']}; `{r['command']}`; {r['setup']} ({_link(path)}).", "",
              "| method | kNN before | kNN after | wall (s) |", "|---|---:|---:|---:|"]
     for x in r["results"]:
         lines.append(f"| {x['method']} | {x['knn_top1_init']:.2f} | {x['knn_top1']:.2f} | ~{x['wall_s']:.0f} |")
@@ -147,13 +162,12 @@ def _pretrain_fast_md(path: str, r: dict) -> str:
 
 def _reproduce_md(path: str, r: dict) -> str:
     from fastssl.reproduce import results_markdown
-    return f"`{r['command']}` ([{Path(path).parent.name}/]({Path(path).parent.as_posix()}/)):\n\n" + results_markdown(r)
+    return f"`{r['command']}` ({_folder_link(path)}):\n\n" + results_markdown(r)
 
 
 def _time_to_accuracy_md(path: str, r: dict) -> str:
     from bench.time_to_accuracy import summary_markdown
-    return f"[{Path(path).name}]({path}), plot [{Path(path).with_suffix('.png').name}]" \
-           f"({Path(path).with_suffix('.png').as_posix()}):\n\n" + summary_markdown(r)
+    return f"{_link(path)}, plot {_link(Path(path).with_suffix('.png').as_posix())}:\n\n" + summary_markdown(r)
 
 
 RENDER = {"reproduce": _reproduce_md, "train_step": _train_step_md, "loaders": _loaders_md, "kernels": _kernels_md,
@@ -165,28 +179,40 @@ TITLES = {"reproduce": "Table 1 reproduction (`scripts/reproduce_table1.py`)",
           "time_to_accuracy": "Time to accuracy (`bench/time_to_accuracy.py`)"}
 
 
-def render(results: Path = RESULTS) -> str:
-    latest = load_records(results)
-    gpu = sorted({device_of(rec, k) for (k, g), (_, rec) in latest.items() if g == "gpu"})
-    cpu = sorted({device_of(rec, k) for (k, g), (_, rec) in latest.items() if g == "cpu"})
-    out = [BEGIN, "<!-- generated by scripts/render_results.py from bench/results/; edit the JSON or the script, "
-           "not this section -->", "## Results", "",
-           "Only what was run is reported, each figure with its device and command; this section is generated from "
-           "the committed JSON under `bench/results/` (`python scripts/render_results.py`). "
-           + (f"Measured on GPU: {', '.join(gpu)}. " if gpu else "No GPU has been lent to this project yet: nothing "
-              "below was measured on a GPU. ")
-           + ("CPU figures name their device and thread count in each table." if cpu else "")]
+ORDER = ("reproduce", "time_to_accuracy", "train_step", "kernels", "loaders", "run_all", "pretrain_fast")
+GENERATED = "<!-- generated by scripts/render_results.py from bench/results/; edit the JSON or the script, not this {} -->"
+
+
+def _devices(latest: dict, kind: str) -> list[str]:
+    return sorted({device_of(rec, k) for (k, g), (_, rec) in latest.items() if g == kind})
+
+
+def _not_measured(latest: dict) -> str:
+    """The sentence naming what has no measurement yet ('' when everything has one)."""
     missing = []
-    if not gpu:
+    if not _devices(latest, "gpu"):
         missing.append("every GPU figure: the fused kernels' speed, the train-step ladder with bf16 / torch.compile / "
                        "fused kernels, the GPU `--fast` preset, seconds per epoch (`bench/run_all.py`), DALI's nvJPEG "
                        "decode")
     repro_gpu = ("reproduce", "gpu") in latest and latest[("reproduce", "gpu")][1]["budget"] in ("quick", "full")
     if not repro_gpu:
-        missing.append("the Table 1 reproduction at the `quick` or `full` budget (below: only the CPU `smoke` "
+        missing.append("the Table 1 reproduction at the `quick` or `full` budget (so far only the CPU `smoke` "
                        "budget, which checks the machinery and is not a reproduction)")
-    out += ["", "Not yet measured: " + "; ".join(missing) + "." if missing else "", ""]
-    for kind in ("reproduce", "time_to_accuracy", "train_step", "kernels", "loaders", "run_all", "pretrain_fast"):
+    return "Not yet measured: " + "; ".join(missing) + "." if missing else ""
+
+
+def render(results: Path = RESULTS) -> str:
+    """The page docs/results.md: every benchmark's latest CPU and GPU record, with its device and command."""
+    latest = load_records(results)
+    gpu, cpu = _devices(latest, "gpu"), _devices(latest, "cpu")
+    out = [BEGIN, GENERATED.format("page"), "# Results", "",
+           "Only what was run is reported, each figure with its device and command; this page is generated from "
+           "the committed JSON under `bench/results/` (`python scripts/render_results.py`). "
+           + (f"Measured on GPU: {', '.join(gpu)}. " if gpu else "No GPU has been lent to this project yet: nothing "
+              "below was measured on a GPU. ")
+           + ("CPU figures name their device and thread count in each table." if cpu else "")]
+    out += ["", _not_measured(latest), ""]
+    for kind in ORDER:
         entries = [(g, latest[(kind, g)]) for g in ("gpu", "cpu") if (kind, g) in latest]
         out.append(f"### {TITLES[kind]}\n")
         if not entries:
@@ -194,46 +220,72 @@ def render(results: Path = RESULTS) -> str:
         for g, (path, rec) in entries:
             out.append(f"**{'GPU' if g == 'gpu' else 'CPU'}.** " + RENDER[kind](path, rec).rstrip("\n") + "\n")
     out.append(END)
-    return "\n".join(line for line in out) + "\n"
+    return "\n".join(out) + "\n"
 
 
-def replace_section(readme: str, section: str) -> str:
-    if readme.count(BEGIN) != 1 or readme.count(END) != 1:
-        raise ValueError(f"README.md must hold exactly one {BEGIN} ... {END} pair")
-    head, rest = readme.split(BEGIN)
-    _, tail = rest.split(END)
+def summary(results: Path = RESULTS) -> str:
+    """The README's short section: which benchmark was measured where and when, linking to the page."""
+    latest = load_records(results)
+    out = [SUMMARY_BEGIN, GENERATED.format("section"), "",
+           f"Every figure, with its device, command and raw JSON, is in [{PAGE.as_posix()}]({PAGE.as_posix()}). "
+           "Latest record per benchmark:", "",
+           "| benchmark | CPU | GPU |", "|---|---|---|"]
+    for kind in ORDER:
+        cells = []
+        for g in ("cpu", "gpu"):
+            if (kind, g) in latest:
+                path, rec = latest[(kind, g)]
+                cells.append(f"{when(rec)[:10]}, [{Path(path).name}]({path})")
+            else:
+                cells.append("not measured")
+        out.append(f"| {TITLES[kind]} | {cells[0]} | {cells[1]} |")
+    note = _not_measured(latest)
+    out += (["", note] if note else []) + [SUMMARY_END]
+    return "\n".join(out) + "\n"
+
+
+def replace_section(text: str, section: str, begin: str = BEGIN, end: str = END) -> str:
+    """``text`` with everything from ``begin`` to ``end`` (markers included) replaced by ``section``."""
+    if text.count(begin) != 1 or text.count(end) != 1:
+        raise ValueError(f"the file must hold exactly one {begin} ... {end} pair")
+    head, rest = text.split(begin)
+    _, tail = rest.split(end)
     return head + section.rstrip("\n") + tail
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--check", action="store_true", help="exit 1 when README.md differs from the rendering")
-    p.add_argument("--print", dest="show", action="store_true", help="print the section, change nothing")
-    p.add_argument("--readme", type=Path, default=ROOT / "README.md")
+    p.add_argument("--check", action="store_true", help="exit 1 when the page or the README differs from the rendering")
+    p.add_argument("--print", dest="show", action="store_true", help="print the page, change nothing")
+    p.add_argument("--readme", type=Path, default=ROOT / "README.md", help="README holding the summary markers")
+    p.add_argument("--page", type=Path, default=None, help="the results page (default: docs/results.md beside "
+                   "--readme)")
     p.add_argument("--results", type=Path, default=RESULTS)
     args = p.parse_args(argv)
-    section = render(args.results)
+    page = args.page or args.readme.parent / PAGE
     if args.show:
-        print(section)
+        print(render(args.results), end="")
         return 0
     try:
         readme = args.readme.read_text()
-        new = replace_section(readme, section)
+        wanted = {args.readme: replace_section(readme, summary(args.results), SUMMARY_BEGIN, SUMMARY_END),
+                  page: render(args.results)}
     except (OSError, ValueError) as e:
-        print(f"render_results.py: error: {e}", file=sys.stderr)
+        print(f"render_results.py: error: {args.readme}: {e}", file=sys.stderr)
         return 2
+    stale = [path for path, text in wanted.items() if not path.is_file() or path.read_text() != text]
     if args.check:
-        if new != readme:
-            print("render_results.py: README.md's results section is stale; run python scripts/render_results.py",
-                  file=sys.stderr)
-            return 1
-        print("README.md results section is up to date")
-        return 0
-    if new != readme:
-        args.readme.write_text(new)
-        print(f"rewrote the results section of {args.readme}")
-    else:
-        print("README.md results section already up to date")
+        for path in stale:
+            print(f"render_results.py: {path} is stale; run python scripts/render_results.py", file=sys.stderr)
+        if not stale:
+            print("the results page and the README summary are up to date")
+        return 1 if stale else 0
+    for path in stale:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text(path, wanted[path])
+        print(f"rewrote {path}")
+    if not stale:
+        print("the results page and the README summary are already up to date")
     return 0
 
 

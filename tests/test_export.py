@@ -1,6 +1,7 @@
 """Exports of the backbone: each reloads to the original features (1e-5); the torchvision key mapping is
 checked by name and shape against torchvision's ResNet layout written out here (no torchvision import)."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -81,6 +82,24 @@ def test_torchvision_refuses_other_widths(tmp_path, capsys):
     assert err.count("\n") == 0 and err.startswith("export.py: error: width 8")
     assert not (tmp_path / "run" / "encoder-torchvision.pt").exists()
 
+
+
+def test_torchvision_names_are_refused_for_encoders_other_than_the_resnets():
+    with pytest.raises(ExportError, match="applies to the ResNets .* only, not vit_tiny"):
+        torchvision_state_dict({"patch_embed.weight": torch.zeros(1)}, "vit_tiny", 64)
+
+
+def test_an_export_that_fails_midway_leaves_no_file(tmp_path, monkeypatch):
+    make_checkpoint(tmp_path / "checkpoint.pt", None, width=64, norm_mean=[1.0] * 3, norm_std=[2.0] * 3)
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+
+    def half_then_fail(obj, path):
+        Path(path).write_bytes(b"half a file")
+        raise OSError("disk full")
+    monkeypatch.setattr(torch, "save", half_then_fail)
+    with pytest.raises(OSError, match="disk full"):
+        export(ckpt, "torchvision", tmp_path / "out" / "tv.pt")
+    assert list((tmp_path / "out").iterdir()) == []  # neither the weights, a temporary file, nor a sidecar
 
 def _features(module, x):
     with torch.no_grad():
