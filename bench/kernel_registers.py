@@ -1,0 +1,87 @@
+"""Registers, spills and shared memory of the fused-loss binaries this machine's Triton actually compiled.
+
+    python bench/kernel_registers.py --out regs.json          # after the kernel tests / benchmarks / training ran
+
+bench/kernels_aot.py compiles the whole launch matrix ahead of time for a chosen target; this reads what the
+run before it left in Triton's cache (``$TRITON_CACHE_DIR``, else ~/.triton/cache): every cubin of a
+fused-loss kernel (kernels/), its metadata (warps, stages, dynamic shared memory) and
+the bundled cuobjdump's registers and stack (spill) bytes. Inductor's own kernels are left out. No GPU is
+needed to read the cache; without binaries the record says so (exit 0).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() not in (ROOT, ROOT / "bench")]
+
+from bench._common import environment, write_result  # noqa: E402
+from kernels import aot  # noqa: E402
+
+
+def is_ours(name: str) -> bool:
+    """A fused-loss kernel, not one of inductor's generated ones (triton_poi_*, triton_red_*, triton_per_*, ...).
+    By name, so that kernels added to or renamed in kernels/ are found without an edit here."""
+    return not name.startswith("triton_")
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("TRITON_CACHE_DIR") or Path.home() / ".triton" / "cache")
+
+
+def scan(folder: Path) -> list[dict]:
+    """One row per fused-loss cubin under ``folder``: kernel, warps, stages, shared and cuobjdump's counts."""
+    rows = []
+    for cubin in sorted(folder.glob("*/*.cubin")) if folder.is_dir() else []:
+        meta_path = cubin.with_suffix(".json")
+        meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+        name = meta.get("name") or cubin.stem
+        if not is_ours(name):
+            continue
+        usage = aot._resource_usage(cubin.read_bytes())
+        target = meta.get("target") or {}
+        rows.append(dict(kernel=name, arch=target.get("arch"), num_warps=meta.get("num_warps"),
+                         num_stages=meta.get("num_stages"), dynamic_shared=meta.get("shared"),
+                         registers=usage.get("registers"), spill_bytes=usage.get("stack_bytes"),
+                         static_shared=usage.get("static_shared"), cache_key=cubin.parent.name))
+    return sorted(rows, key=lambda r: (r["kernel"], r["num_warps"] or 0, r["cache_key"]))
+
+
+def markdown(record: dict) -> str:
+    env, rows = record["environment"], record["rows"]
+    lines = [f"`{env['command']}` on {env['device']}, Triton {env['triton']}, {env['time']}; cache {record['cache']}.",
+             ""]
+    if not rows:
+        return "\n".join(lines + ["No fused-loss binaries in the cache (nothing compiled them on this machine)."]) + "\n"
+    lines += ["| kernel | arch | warps | stages | registers | spill (B) | shared (KiB) |", "|---|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        shared = (r["dynamic_shared"] or 0) + (r["static_shared"] or 0)
+        lines.append(f"| {r['kernel']} | {r['arch']} | {r['num_warps']} | {r['num_stages']} | {r['registers']} | "
+                     f"{r['spill_bytes']} | {shared / 1024:.0f} |")
+    spilling = [r for r in rows if r["spill_bytes"]]
+    lines += ["", f"{len(rows)} binaries, {len(spilling)} spill"
+              + (": " + ", ".join(f"{r['kernel']} ({r['spill_bytes']} B)" for r in spilling) if spilling else "") + "."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--cache", type=Path, default=None, help="Triton cache folder (default: $TRITON_CACHE_DIR or "
+                   "~/.triton/cache)")
+    p.add_argument("--out", type=Path, required=True, help="JSON path; the markdown goes beside it")
+    args = p.parse_args(argv)
+    folder = args.cache or cache_dir()
+    rows = scan(folder)
+    command = "python bench/kernel_registers.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    record = dict(benchmark="kernel_registers", environment=environment(command), cache=str(folder), rows=rows,
+                  spilling=sum(1 for r in rows if r["spill_bytes"]))
+    write_result(record, markdown(record), args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
