@@ -23,7 +23,6 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -38,7 +37,7 @@ sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() not
 
 import torch  # noqa: E402
 
-from bench._common import RESULTS, device_tag, environment, stamp  # noqa: E402
+from bench._common import RESULTS, device_tag, environment, stamp, stop_group  # noqa: E402
 from bench.run_plan import FULL_BUDGET_S, QUICK_BUDGET_S, pieces  # noqa: E402
 from data_prep import DataError  # noqa: E402
 from data_prep.atomic import atomic_path, write_json, write_text  # noqa: E402
@@ -114,24 +113,12 @@ def run_piece(piece: dict, limit: float, log: Path, env: dict | None = None) -> 
             rc = proc.wait(timeout=limit)
             status = "ok" if rc == 0 else "failed"
         except subprocess.TimeoutExpired:
-            _stop(proc)
+            stop_group(proc)
             rc, status = proc.returncode, "timeout"
         except KeyboardInterrupt:
-            _stop(proc)
+            stop_group(proc)
             raise
     return dict(status=status, rc=rc, wall_s=time.perf_counter() - t0)
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """SIGTERM the piece's group (bench/time_to_accuracy.py writes its report then), SIGKILL after 10 s."""
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    except ProcessLookupError:  # it had already ended
-        proc.wait()
 
 
 def pretrain_summary(folder: Path) -> dict:

@@ -253,13 +253,13 @@ def test_run_all_gpu_command_lines_parse(tmp_path):
 
 
 def test_render_time_to_accuracy(tmp_path):
-    from bench import time_to_accuracy as tta
+    from bench import tta_report
     env = dict(command="python bench/time_to_accuracy.py", device="cpu (x86_64, 2 cores, 2 threads)",
                time="2026-12-01T10:00:00", torch="2.13")
     runs = [dict(method="simclr", candidate=c, seed=0, status="ok", knn_top1=k, knn_top1_init=28.0, train_s=240.0,
                  steps=300, images_seen=38400, curve=[[0.0, 28.0], [240.0, k]]) for c, k in (("default", 40.0),
                                                                                            ("multicrop", 44.5))]
-    record = dict(benchmark="time_to_accuracy", environment=env, runs=runs, gains=tta.gains(runs),
+    record = dict(benchmark="time_to_accuracy", environment=env, runs=runs, gains=tta_report.gains(runs),
                   winners=["multicrop"],
                   settings=dict(mode="fast", budget=240.0, knn_every_steps=100, target_knn=None, threads=2))
     _write(tmp_path / "time_to_accuracy-cpu-1.json", record)
