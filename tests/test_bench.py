@@ -342,3 +342,35 @@ def test_kernels_bench_without_cuda_exits_0(tmp_path, capsys):
     record = json.loads(out.read_text())
     assert record["cuda"] is False and [r["two_n"] for r in record["cpu_reference"]] == [256, 1024]
     assert "No CUDA device" in capsys.readouterr().out and out.with_suffix(".md").exists()
+
+
+# ---- bench/stack_check.py and bench/kernel_registers.py (no venv, no GPU) ---------------------------------
+
+def test_stack_check_pins_the_oldest_stack_and_installs_the_rest():
+    from bench import stack_check
+    deps = stack_check.runtime_dependencies()
+    names = {d.split(">")[0].split("=")[0].split("<")[0].split(";")[0].strip() for d in deps}
+    assert {"numba", "tqdm", "pillow", "matplotlib", "safetensors"} <= names
+    assert not names & {"torch", "triton", "numpy"}  # pinned by PINS, never left to the resolver
+    assert stack_check.PINS == ["torch==2.11.0", "triton==3.6.0", "numpy<2.3"]
+    assert all(path.startswith("tests/test_kernels_") for path in stack_check.KERNEL_TESTS)
+    args = stack_check.parse_args(["--venv", "/tmp/v"])
+    assert args.steps == ["import", "kernel-tests", "compile-tests", "aot"]
+
+
+def test_kernel_registers_reads_only_the_fused_loss_binaries(tmp_path):
+    from bench import kernel_registers
+    for key, name in (("a1", "_contrastive_fwd_kernel"), ("b2", "triton_poi_fused_add_0")):
+        (tmp_path / key).mkdir()
+        (tmp_path / key / f"{name}.cubin").write_bytes(b"not a cubin")
+        (tmp_path / key / f"{name}.json").write_text(json.dumps(dict(name=name, num_warps=8, num_stages=2,
+                                                                      shared=4096, target=dict(arch=90))))
+    (row,) = kernel_registers.scan(tmp_path)
+    assert (row["kernel"], row["num_warps"], row["dynamic_shared"], row["arch"]) == ("_contrastive_fwd_kernel", 8,
+                                                                                      4096, 90)
+    out = tmp_path / "regs.json"
+    assert kernel_registers.main(["--cache", str(tmp_path), "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["rows"][0]["kernel"] == "_contrastive_fwd_kernel"
+    assert "| _contrastive_fwd_kernel | 90 | 8 | 2 |" in out.with_suffix(".md").read_text()
+    assert kernel_registers.main(["--cache", str(tmp_path / "none"), "--out", str(out)]) == 0
+    assert "No fused-loss binaries" in out.with_suffix(".md").read_text()
