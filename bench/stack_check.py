@@ -62,8 +62,8 @@ def parse_args(argv=None):
     p.add_argument("-k", dest="kernel_k", default=None, help="pytest -k for the kernel tests (default: all)")
     p.add_argument("--jobs", type=int, default=min(4, os.cpu_count() or 1), help="parallel AOT compiles")
     p.add_argument("--aot-args", default=None,
-                   help="arguments for bench/kernels_aot.py instead of the default (--out the Triton-named table, "
-                   "plus --precisions for the training precisions and --arch sm_90 when the script has them)")
+                   help="arguments for bench/kernels_aot.py instead of the default (--jobs, --out the Triton-named "
+                   "table, and --precisions fp32-tf32 bf16 when the script offers --precisions)")
     p.add_argument("--no-install", action="store_true", help="use the venv as it is (no pip)")
     p.add_argument("--out", type=Path, default=None,
                    help="summary JSON (default: bench/results/stack-check-torch<v>-triton<v>.json)")
@@ -122,9 +122,12 @@ def aot_arguments(py: Path, env: dict, triton_version: str, jobs: int) -> list[s
     argv = ["--jobs", str(jobs), "--out", str(out.relative_to(ROOT))]
     if "--precisions" in helptext:
         argv += ["--precisions", *TRAINING_PRECISIONS]
-    if "--arch" in helptext:
-        argv += ["--arch", "sm_90"]
     return argv
+
+
+def minor(version: str | None) -> str:
+    """'3.6' of '3.6.0', '2.11' of '2.11.0+cu130': how results are named."""
+    return ".".join((version or "unknown").split("+")[0].split(".")[:2])
 
 
 def versions(py: Path, env: dict) -> dict:
@@ -164,7 +167,7 @@ def main(argv=None) -> int:
         "compile-tests": pytest + COMPILE_TESTS,
         "aot": [str(py), "bench/kernels_aot.py"]
                + (shlex.split(args.aot_args) if args.aot_args else
-                  aot_arguments(py, env, ver.get("triton", "unknown"), args.jobs)),
+                  aot_arguments(py, env, minor(ver.get("triton")), args.jobs)),
     }
     for name in args.steps:
         rc, s, last = run(commands[name], env)
@@ -175,7 +178,7 @@ def main(argv=None) -> int:
     record = dict(command="python bench/stack_check.py " + shlex.join(sys.argv[1:] if argv is None else argv),
                   machine=f"{platform.machine()}, {os.cpu_count()} cores", venv=str(args.venv), versions=ver,
                   time=time.strftime("%Y-%m-%dT%H:%M:%S"), total_s=round(time.perf_counter() - t0, 1), steps=steps)
-    out = args.out or RESULTS / f"stack-check-torch{ver.get('torch', '?').split('+')[0]}-triton{ver.get('triton')}.json"
+    out = args.out or RESULTS / f"stack-check-torch{minor(ver.get('torch'))}-triton{minor(ver.get('triton'))}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out, record)
     write_text(out.with_suffix(".md"), markdown(record))
