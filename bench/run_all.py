@@ -47,7 +47,7 @@ from data_prep.specs import get_spec  # noqa: E402
 
 OUT_ENV = "OUT"
 MAX_FILE_BYTES = 16 * 2**20  # what a lease brings back from $OUT: at most 8 files of 16 MiB
-BUNDLED = {".log", ".json", ".jsonl", ".md", ".txt", ".png", ".csv"}  # never checkpoints (.pt) or caches
+BUNDLED = {".log", ".json", ".jsonl", ".md", ".txt", ".png", ".csv", ".xml"}  # never checkpoints (.pt) or caches
 
 
 def parse_args(argv=None):

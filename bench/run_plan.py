@@ -33,14 +33,14 @@ def module_available(name: str) -> bool:
         return False
 
 
-def kernel_tests(smoke: bool) -> dict:
+def kernel_tests(smoke: bool, out: Path) -> dict:
     """The CUDA kernel tests (fp32 ieee/tf32 incl. the gradients, bf16, fp16, every variant), parallel if possible."""
     workers = ["-n", str(min(16, os.cpu_count() or 1))] if module_available("xdist") else []
     skip = ("--cpu-smoke: the kernel tests need CUDA here (the CPU suite covers them in the interpreter)" if smoke
             else None if module_available("pytest") else "pytest is not installed on this machine")
-    return dict(name="kernel-tests", limit=80, skip=skip,
+    return dict(name="kernel-tests", limit=80, skip=skip,  # JUnit XML: a record per test (at the end)
                 argv=[sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *workers, "-k", "gpu or cuda",
-                      *KERNEL_TESTS])
+                      f"--junit-xml={out / 'kernel-tests.xml'}", *KERNEL_TESTS])
 
 
 def kernels_bench(name: str, limit: float, out: Path, gpu_args: list[str], smoke: bool) -> dict:
@@ -71,7 +71,7 @@ def pieces(plan: str, smoke: bool, data: str | None, out: Path) -> list[dict]:
     data_piece = dict(name="data", limit=25 if plan == "quick" else 30,
                       argv=[py, "-m", "data_prep", "--dataset", "cifar10", *data_args])
     if plan == "quick":
-        return [data_piece, kernel_tests(smoke), training_rows,
+        return [data_piece, kernel_tests(smoke, out), training_rows,
                 kernels_bench("kernels-8192", 55, out,
                               ["--sizes", "8192", "--dims", "128", "--variants", "simclr", "--rep", "25", "--no-dare",
                                "--no-peers", "--no-unsplit"], smoke),
@@ -93,7 +93,7 @@ def pieces(plan: str, smoke: bool, data: str | None, out: Path) -> list[dict]:
         else:
             loader_skips[name] = f"{module} is not installed on this machine (pip install -e '.[{name}]')"
     return [
-        data_piece, kernel_tests(smoke), training_rows,
+        data_piece, kernel_tests(smoke, out), training_rows,
         # the training precisions (tf32, bf16), split vs unsplit, across sizes
         kernels_bench("kernels", 75, out,
                       ["--sizes", "1024", "8192", "65536", "--dims", "128", "--rep", "25", "--no-dare"], smoke),
