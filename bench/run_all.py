@@ -66,7 +66,10 @@ def parse_args(argv=None):
                    f"(default: {QUICK_BUDGET_S:.0f} with --quick, else {FULL_BUDGET_S:.0f})")
     args = p.parse_args(argv)
     args.plan = "quick" if args.quick else "full"
-    args.deadline = args.deadline or (QUICK_BUDGET_S if args.quick else FULL_BUDGET_S)
+    if args.deadline is None:
+        args.deadline = QUICK_BUDGET_S if args.quick else FULL_BUDGET_S
+    if args.deadline <= 0:
+        p.error(f"--deadline must be > 0 seconds, got {args.deadline:g}")
     return args
 
 
