@@ -38,7 +38,7 @@ sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() not
 import torch  # noqa: E402
 
 from bench._common import RESULTS, device_tag, environment, stamp, stop_group  # noqa: E402
-from bench.run_plan import FULL_BUDGET_S, QUICK_BUDGET_S, pieces  # noqa: E402
+from bench.run_plan import FULL_BUDGET_S, QUICK_BUDGET_S, SMOKE_SLACK, pieces  # noqa: E402
 from data_prep import DataError  # noqa: E402
 from data_prep.atomic import atomic_path, write_json, write_text  # noqa: E402
 from data_prep.load import DATA_ENV  # noqa: E402
@@ -53,7 +53,8 @@ BUNDLED = {".log", ".json", ".jsonl", ".md", ".txt", ".png", ".csv", ".xml"}  # 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help=f"first light: the subset that fits {QUICK_BUDGET_S:.0f} s")
-    p.add_argument("--cpu-smoke", action="store_true", help="no CUDA: run the plan's pieces at tiny sizes on the CPU")
+    p.add_argument("--cpu-smoke", action="store_true",
+                   help=f"no CUDA: run the plan's pieces at tiny sizes on the CPU (limits x{SMOKE_SLACK})")
     p.add_argument("--dry-run", action="store_true", help="print the plan, its limits and commands; run nothing")
     p.add_argument("--data", default=None, help=f"where CIFAR-10 is (default: ${DATA_ENV}); never downloaded")
     p.add_argument("--out", type=Path, default=None,
@@ -63,11 +64,12 @@ def parse_args(argv=None):
                    "'time-to-accuracy' is a lease of its own")
     p.add_argument("--deadline", type=float, default=None,
                    help="seconds for the whole run; a piece gets min(its limit, what is left) "
-                   f"(default: {QUICK_BUDGET_S:.0f} with --quick, else {FULL_BUDGET_S:.0f})")
+                   f"(default: {QUICK_BUDGET_S:.0f} with --quick, else {FULL_BUDGET_S:.0f}; x{SMOKE_SLACK} with "
+                   "--cpu-smoke)")
     args = p.parse_args(argv)
     args.plan = "quick" if args.quick else "full"
     if args.deadline is None:
-        args.deadline = QUICK_BUDGET_S if args.quick else FULL_BUDGET_S
+        args.deadline = (QUICK_BUDGET_S if args.quick else FULL_BUDGET_S) * (SMOKE_SLACK if args.cpu_smoke else 1)
     if args.deadline <= 0:
         p.error(f"--deadline must be > 0 seconds, got {args.deadline:g}")
     return args
