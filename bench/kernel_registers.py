@@ -3,7 +3,8 @@
     python bench/kernel_registers.py --out regs.json          # after the kernel tests / benchmarks / training ran
 
 bench/kernels_aot.py compiles the whole launch matrix ahead of time for a chosen target; this reads what the
-run before it left in Triton's cache (``$TRITON_CACHE_DIR``, else ~/.triton/cache): every cubin of a
+run before it left in Triton's caches (``$TRITON_CACHE_DIR``, else ~/.triton/cache and inductor's, where a
+process that compiled with inductor sends every later Triton compile): every cubin of a
 fused-loss kernel (kernels/), its metadata (warps, stages, dynamic shared memory) and
 the bundled cuobjdump's registers and stack (spill) bytes. Inductor's own kernels are left out. No GPU is
 needed to read the cache; without binaries the record says so (exit 0).
@@ -29,14 +30,19 @@ def is_ours(name: str) -> bool:
     return not name.startswith("triton_")
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("TRITON_CACHE_DIR") or Path.home() / ".triton" / "cache")
+def cache_dirs() -> list[Path]:
+    """Where Triton writes binaries: $TRITON_CACHE_DIR when set; else its default and inductor's triton folder
+    (inductor sets $TRITON_CACHE_DIR in a process that compiles, so the fused kernels land there too)."""
+    if os.environ.get("TRITON_CACHE_DIR"):
+        return [Path(os.environ["TRITON_CACHE_DIR"])]
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+    return [Path.home() / ".triton" / "cache", Path(cache_dir()) / "triton"]
 
 
 def scan(folder: Path) -> list[dict]:
-    """One row per fused-loss cubin under ``folder``: kernel, warps, stages, shared and cuobjdump's counts."""
+    """One row per fused-loss cubin below ``folder``: kernel, warps, stages, shared and cuobjdump's counts."""
     rows = []
-    for cubin in sorted(folder.glob("*/*.cubin")) if folder.is_dir() else []:
+    for cubin in sorted(folder.rglob("*.cubin")) if folder.is_dir() else []:
         meta_path = cubin.with_suffix(".json")
         meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
         name = meta.get("name") or cubin.stem
@@ -53,8 +59,8 @@ def scan(folder: Path) -> list[dict]:
 
 def markdown(record: dict) -> str:
     env, rows = record["environment"], record["rows"]
-    lines = [f"`{env['command']}` on {env['device']}, Triton {env['triton']}, {env['time']}; cache {record['cache']}.",
-             ""]
+    lines = [f"`{env['command']}` on {env['device']}, Triton {env['triton']}, {env['time']}; "
+             f"caches {', '.join(record['cache'])}.", ""]
     if not rows:
         return "\n".join(lines + ["No fused-loss binaries in the cache (nothing compiled them on this machine)."]) + "\n"
     lines += ["| kernel | arch | warps | stages | registers | spill (B) | shared (KiB) |", "|---|---|---:|---:|---:|---:|---:|"]
@@ -70,14 +76,15 @@ def markdown(record: dict) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--cache", type=Path, default=None, help="Triton cache folder (default: $TRITON_CACHE_DIR or "
-                   "~/.triton/cache)")
+    p.add_argument("--cache", type=Path, nargs="+", default=None, help="Triton cache folders (default: "
+                   "$TRITON_CACHE_DIR, else ~/.triton/cache and inductor's triton folder)")
     p.add_argument("--out", type=Path, required=True, help="JSON path; the markdown goes beside it")
     args = p.parse_args(argv)
-    folder = args.cache or cache_dir()
-    rows = scan(folder)
+    folders = args.cache or cache_dirs()
+    rows = [row for folder in folders for row in scan(folder)]
     command = "python bench/kernel_registers.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    record = dict(benchmark="kernel_registers", environment=environment(command), cache=str(folder), rows=rows,
+    record = dict(benchmark="kernel_registers", environment=environment(command), cache=[str(f) for f in folders],
+                  rows=rows,
                   spilling=sum(1 for r in rows if r["spill_bytes"]))
     write_result(record, markdown(record), args.out)
     return 0
