@@ -12,8 +12,10 @@ needed to read the cache; without binaries the record says so (exit 0).
 from __future__ import annotations
 
 import argparse
+import concurrent.futures as cf
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -41,19 +43,26 @@ def cache_dirs() -> list[Path]:
 
 def scan(folder: Path) -> list[dict]:
     """One row per fused-loss cubin below ``folder``: kernel, warps, stages, shared and cuobjdump's counts."""
-    rows = []
+    found = []
     for cubin in sorted(folder.rglob("*.cubin")) if folder.is_dir() else []:
         meta_path = cubin.with_suffix(".json")
         meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-        name = meta.get("name") or cubin.stem
-        if not is_ours(name):
-            continue
-        usage = aot._resource_usage(cubin.read_bytes())
+        if is_ours(meta.get("name") or cubin.stem):
+            found.append((cubin, meta))
+    # one cuobjdump process per binary: in parallel, a fresh GPU run leaves a hundred or more
+    with cf.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        usages = list(pool.map(lambda item: aot._resource_usage(item[0].read_bytes()), found))
+    rows = []
+    for (cubin, meta), usage in zip(found, usages):
         target = meta.get("target") or {}
-        rows.append(dict(kernel=name, arch=target.get("arch"), num_warps=meta.get("num_warps"),
-                         num_stages=meta.get("num_stages"), dynamic_shared=meta.get("shared"),
-                         registers=usage.get("registers"), spill_bytes=usage.get("stack_bytes"),
-                         static_shared=usage.get("static_shared"), cache_key=cubin.parent.name))
+        ttir = cubin.with_suffix(".ttir")  # the first pointer argument's element type: the input dtype
+        dtype = re.search(r"!tt\.ptr<(\w+)>", ttir.read_text()) if ttir.exists() else None
+        rows.append(dict(kernel=meta.get("name") or cubin.stem, arch=target.get("arch"),
+                         dtype=dtype.group(1) if dtype else None,
+                         num_warps=meta.get("num_warps"), num_stages=meta.get("num_stages"),
+                         dynamic_shared=meta.get("shared"), registers=usage.get("registers"),
+                         spill_bytes=usage.get("stack_bytes"), static_shared=usage.get("static_shared"),
+                         cache_key=cubin.parent.name))
     return sorted(rows, key=lambda r: (r["kernel"], r["num_warps"] or 0, r["cache_key"]))
 
 
@@ -63,14 +72,16 @@ def markdown(record: dict) -> str:
              f"caches {', '.join(record['cache'])}.", ""]
     if not rows:
         return "\n".join(lines + ["No fused-loss binaries in the cache (nothing compiled them on this machine)."]) + "\n"
-    lines += ["| kernel | arch | warps | stages | registers | spill (B) | shared (KiB) |", "|---|---|---:|---:|---:|---:|---:|"]
+    lines += ["| kernel | arch | input | warps | stages | registers | spill (B) | shared (KiB) |",
+              "|---|---|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         shared = (r["dynamic_shared"] or 0) + (r["static_shared"] or 0)
-        lines.append(f"| {r['kernel']} | {r['arch']} | {r['num_warps']} | {r['num_stages']} | {r['registers']} | "
-                     f"{r['spill_bytes']} | {shared / 1024:.0f} |")
+        lines.append(f"| {r['kernel']} | {r['arch']} | {r['dtype']} | {r['num_warps']} | {r['num_stages']} | "
+                     f"{r['registers']} | {r['spill_bytes']} | {shared / 1024:.0f} |")
     spilling = [r for r in rows if r["spill_bytes"]]
     lines += ["", f"{len(rows)} binaries, {len(spilling)} spill"
-              + (": " + ", ".join(f"{r['kernel']} ({r['spill_bytes']} B)" for r in spilling) if spilling else "") + "."]
+              + (": " + ", ".join(f"{r['kernel']} sm_{r['arch']} {r['dtype']} ({r['spill_bytes']} B)" for r in spilling)
+                 if spilling else "") + "."]
     return "\n".join(lines) + "\n"
 
 

@@ -76,7 +76,7 @@ def _pieces(plan: str, smoke: bool, data: str | None, out: Path) -> list[dict]:
         "kernels-training", 35, out,  # fused against eager; the compile baseline is kernels-8192's (time)
         ["--sizes", "1024", "--dims", "256", "--variants", "simclr", "decoupled", "--precisions", "tf32",
          "--rep", "25", "--no-dare", "--no-peers", "--no-compile"], smoke)
-    registers = dict(name="kernel-registers", limit=10, json="kernel-registers.json",
+    registers = dict(name="kernel-registers", limit=15, json="kernel-registers.json",
                      argv=[py, "bench/kernel_registers.py", "--out", str(out / "kernel-registers.json")])
     data_piece = dict(name="data", limit=25 if plan == "quick" else 30,
                       argv=[py, "-m", "data_prep", "--dataset", "cifar10", *data_args])
@@ -85,7 +85,7 @@ def _pieces(plan: str, smoke: bool, data: str | None, out: Path) -> list[dict]:
                 kernels_bench("kernels-8192", 55, out,
                               ["--sizes", "8192", "--dims", "128", "--variants", "simclr", "--rep", "25", "--no-dare",
                                "--no-peers", "--no-unsplit"], smoke),
-                simclr_r18("simclr-r18-epoch", 95, 2, out, data_args, smoke), registers]
+                simclr_r18("simclr-r18-epoch", 90, 2, out, data_args, smoke), registers]
     if plan == "time-to-accuracy":
         # a lease of its own: time to 80% kNN, speedrun against default, SimCLR and DARe, ResNet-18 on full
         # CIFAR-10; runs start only while they fit

@@ -363,14 +363,15 @@ def test_kernel_registers_reads_only_the_fused_loss_binaries(tmp_path):
     for key, name in (("a1", "_contrastive_fwd_kernel"), ("b2", "triton_poi_fused_add_0")):
         (tmp_path / key).mkdir()
         (tmp_path / key / f"{name}.cubin").write_bytes(b"not a cubin")
+        (tmp_path / key / f"{name}.ttir").write_text(f"tt.func public @{name}(%arg0: !tt.ptr<bf16> ...")
         (tmp_path / key / f"{name}.json").write_text(json.dumps(dict(name=name, num_warps=8, num_stages=2,
                                                                       shared=4096, target=dict(arch=90))))
     (row,) = kernel_registers.scan(tmp_path)
-    assert (row["kernel"], row["num_warps"], row["dynamic_shared"], row["arch"]) == ("_contrastive_fwd_kernel", 8,
-                                                                                      4096, 90)
+    assert (row["kernel"], row["num_warps"], row["dynamic_shared"], row["arch"], row["dtype"]) == (
+        "_contrastive_fwd_kernel", 8, 4096, 90, "bf16")
     out = tmp_path / "regs.json"
     assert kernel_registers.main(["--cache", str(tmp_path), "--out", str(out)]) == 0
     assert json.loads(out.read_text())["rows"][0]["kernel"] == "_contrastive_fwd_kernel"
-    assert "| _contrastive_fwd_kernel | 90 | 8 | 2 |" in out.with_suffix(".md").read_text()
+    assert "| _contrastive_fwd_kernel | 90 | bf16 | 8 | 2 |" in out.with_suffix(".md").read_text()
     assert kernel_registers.main(["--cache", str(tmp_path / "none"), "--out", str(out)]) == 0
     assert "No fused-loss binaries" in out.with_suffix(".md").read_text()
