@@ -1,14 +1,19 @@
-"""Shared by the bench scripts: the environment record every result carries, and writing results."""
+"""Shared by the bench scripts: the environment record every result carries, writing results, and stopping a
+subprocess group that overran its limit."""
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import os
 import platform
 import re
+import signal
+import subprocess
 from pathlib import Path
 
 import torch
+
+from data_prep.atomic import write_json, write_text
+from fastssl.runtime import device_name
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -25,12 +30,11 @@ def environment(command: str) -> dict:
         env["triton"] = None
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
-        env.update(device=torch.cuda.get_device_name(0), cuda=torch.version.cuda,
+        env.update(device=device_name("cuda:0"), cuda=torch.version.cuda,
                    capability=".".join(map(str, torch.cuda.get_device_capability(0))),
                    gpu_memory_gib=round(props.total_memory / 2**30, 1))
     else:
-        env.update(device=f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-                          f"{torch.get_num_threads()} threads)", cuda=None)
+        env.update(device=device_name("cpu"), cuda=None)
     if hasattr(os, "getloadavg"):
         env["load_average"] = [round(x, 2) for x in os.getloadavg()]
     return env
@@ -40,7 +44,7 @@ def device_tag() -> str:
     """'cpu' or a slug of the GPU's name (e.g. 'nvidia-h100-80gb-hbm3') for result file names."""
     if not torch.cuda.is_available():
         return "cpu"
-    return re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name(0).lower()).strip("-")
+    return re.sub(r"[^a-z0-9]+", "-", device_name("cuda:0").lower()).strip("-")
 
 
 def stamp() -> str:
@@ -50,9 +54,22 @@ def stamp() -> str:
 def write_result(record: dict, markdown: str, path: Path, quiet: bool = False) -> None:
     """``path`` (JSON) and the markdown beside it (same name, .md)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=2, default=str) + "\n")
-    path.with_suffix(".md").write_text(markdown.rstrip("\n") + "\n")
+    write_json(path, record, default=str)
+    write_text(path.with_suffix(".md"), markdown.rstrip("\n") + "\n")
     if quiet:
         return
     shown = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
     print(f"\nwrote {shown} and {shown.with_suffix('.md')}")
+
+
+def stop_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
+    """SIGTERM ``proc``'s process group (started with ``start_new_session``), so that a script can still write
+    what it measured (bench/time_to_accuracy.py writes its report); SIGKILL after ``grace_s``."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:  # it had already ended
+        pass
+    proc.wait()

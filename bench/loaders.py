@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import json
 import os
 import platform
 import sys
@@ -30,12 +29,14 @@ ROOT = Path(__file__).resolve().parents[1]
 # the repository root first and not this folder: bench/kernels.py would shadow the kernels package
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() not in (ROOT, ROOT / "bench")]
 
+from bench._common import RESULTS, stamp  # noqa: E402
 from data_prep import DataError, load_dataset  # noqa: E402
+from data_prep.atomic import write_json, write_text  # noqa: E402
 from data_prep.formats import MissingPackage, ensure_formats  # noqa: E402
 from fastssl.augment import POLICY_NAMES, TwoViewAugment, policy_pair  # noqa: E402
 from fastssl.loaders import make_loader  # noqa: E402
+from fastssl.runtime import device_name  # noqa: E402
 
-RESULTS = ROOT / "bench" / "results"
 # variant -> (loader name, options, format to convert beforehand)
 VARIANTS = {
     "resident": ("resident", {}, None),
@@ -85,12 +86,6 @@ def versions() -> dict:
         except metadata.PackageNotFoundError:
             out[name] = None
     return out
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
 
 
 def sync(device):
@@ -185,16 +180,15 @@ def main(argv=None) -> int:
               f"device {device_name(device)}; one timed epoch after {args.warmup_batches} warm-up batches; "
               f"load average at the end {load[0]:.1f}" if load else "")
     print("\n" + header + "\n\n" + md)
-    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     tag = "cuda" if device.type == "cuda" else "cpu"
-    out = args.out or RESULTS / f"loaders-{tag}-{stamp}.json"
+    out = args.out or RESULTS / f"loaders-{tag}-{stamp()}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     record = dict(command=command, device=device_name(device), versions=versions(), platform=platform.platform(),
                   time=_dt.datetime.now().isoformat(timespec="seconds"), dataset=ds.name, source=ds.source,
                   images_per_epoch=images, batch_size=args.batch_size, policy=args.aug, torch_threads=torch.get_num_threads(),
                   load_average=load, results=rows)
-    out.write_text(json.dumps(record, indent=2, default=str) + "\n")
-    out.with_suffix(".md").write_text(f"`{command}`\n\n{header}\n\n{md}\n")
+    write_json(out, record, default=str)
+    write_text(out.with_suffix(".md"), f"`{command}`\n\n{header}\n\n{md}\n")
     print(f"\nwrote {out} and {out.with_suffix('.md')}")
     return 0
 

@@ -1,148 +1,127 @@
-"""Everything worth measuring on a GPU lease, in one command that fits a 10-minute call (about 9 min on an H100).
+"""The command for a GPU lease: every piece worth measuring, each in its own time limit, results brought home.
 
-    FASTSSL_DATA=.data python bench/run_all.py            # on the GPU machine (.data holds cifar10-jpeg-q75.tar.gz)
+    python bench/run_all.py --quick --data .data          # first light: at most 300 s (bench/README.md)
+    python bench/run_all.py --data .data                  # the full plan, one 10-minute call
+    python bench/run_all.py --quick --dry-run             # the plan and its per-piece limits, runs nothing
     python bench/run_all.py --cpu-smoke --data DIR        # the same orchestration, tiny sizes, on a CPU
 
-Runs, each as a subprocess with its own time limit (a piece that overruns is stopped and what it had
-written is kept): data decode/cache, the CUDA kernel tests, bench/kernels.py, bench/loaders.py
-(FFCV/DALI only where installed, else skipped with the reason), bench/train_step.py, a timed
-``scripts/pretrain.py --method dare --fast`` and a few epochs of SimCLR ResNet-18 on CIFAR-10
-(seconds per epoch). Everything goes to bench/results/<device>-<stamp>/: each piece's log and JSON,
-and index.json / index.md (device, versions, per piece: command, status, wall time, key numbers).
-Without CUDA it refuses, unless ``--cpu-smoke`` asks for the tiny CPU variant (it tests the plumbing).
-
-What each piece's figure must show to count, with the targets of DESIGN.md section 7, is listed in
-bench/README.md ("Benchmarks: what each figure must show"); index.md points there. In short: kernels: at
-2N = 8192, d = 128, fused forward+backward >= 3x eager and >= 1.5x torch.compile, 2N = 65536 within 1 GiB
-of extra memory, and "fused vs unsplit" >= 1 where the launch plan splits columns; loaders: the data path
-delivers at least the training step's images/s; train-step and simclr-r18-cifar10: ResNet-18 at <= 2 s
-per CIFAR-10 epoch (>= 25,000 images/s); pretrain-dare-fast: a complete run whose kNN beats its
-initialisation; kernel-tests: 0 failed. To add a piece: an entry in ``pieces()`` and a row in bench/README.md.
+The data comes from ``--data`` or ``$FASTSSL_DATA`` and is never downloaded: without it, one line and exit 2.
+Each piece (bench/run_plan.py) runs as a subprocess with unbuffered output and its own limit; one that
+overruns is stopped and what it wrote is kept. The run folder (``--out``; default bench/results/<device>-<stamp>,
+or a temporary folder when ``$OUT`` is set) gets each piece's log, JSON and markdown as it goes, and
+index.json / index.md (device, versions, per piece: command, status, wall time, key numbers) after every piece.
+When ``$OUT`` is set, it receives after every piece exactly three files that a lease can bring back (names of
+letters, digits, ``._-``, each at most 16 MiB, no folders): index.md, index.json and one .tar.gz of every
+piece's logs, JSON, markdown and charts (no checkpoints). What each piece's figure must show to count, with
+its target, is listed in bench/README.md.
 """
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
+import re
 import shlex
-import signal
+import shutil
 import statistics
 import subprocess
 import sys
+import tarfile
+import tempfile
 import time
 from pathlib import Path
-
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 # the repository root first and not this folder: bench/kernels.py would shadow the kernels package
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() not in (ROOT, ROOT / "bench")]
 
-from bench._common import RESULTS, device_tag, environment, stamp  # noqa: E402
+import torch  # noqa: E402
 
-KERNEL_TESTS = ["tests/test_kernels_contrastive.py", "tests/test_kernels_dare.py", "tests/test_kernels_compile.py"]
-TINY = ["--width", "8", "--batch-size", "16", "--proj-hidden", "32", "--proj-dim", "16", "--knn-k", "10",
-        "--device", "cpu"]
+from bench._common import RESULTS, device_tag, environment, stamp, stop_group  # noqa: E402
+from bench.run_plan import FULL_BUDGET_S, QUICK_BUDGET_S, SMOKE_SLACK, pieces  # noqa: E402
+from data_prep import DataError  # noqa: E402
+from data_prep.atomic import atomic_path, write_json, write_text  # noqa: E402
+from data_prep.load import DATA_ENV  # noqa: E402
+from data_prep.sources import find_source  # noqa: E402
+from data_prep.specs import get_spec  # noqa: E402
+
+OUT_ENV = "OUT"
+MAX_FILE_BYTES = 16 * 2**20  # what a lease brings back from $OUT: at most 8 files of 16 MiB
+BUNDLED = {".log", ".json", ".jsonl", ".md", ".txt", ".png", ".csv", ".xml"}  # never checkpoints (.pt) or caches
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--cpu-smoke", action="store_true", help="no CUDA: run every piece at tiny sizes on the CPU")
-    p.add_argument("--data", default=None, help="dataset location (default: $FASTSSL_DATA, cache, download)")
-    p.add_argument("--out", type=Path, default=None, help="results folder (default: bench/results/<device>-<stamp>)")
-    p.add_argument("--only", nargs="+", default=None, help="run only these pieces (names as in index.json)")
-    p.add_argument("--deadline", type=float, default=530.0,
-                   help="seconds for the whole run; a piece gets min(its limit, what is left) (default: %(default)s)")
-    return p.parse_args(argv)
+    p.add_argument("--quick", action="store_true", help=f"first light: the subset that fits {QUICK_BUDGET_S:.0f} s")
+    p.add_argument("--cpu-smoke", action="store_true",
+                   help=f"no CUDA: run the plan's pieces at tiny sizes on the CPU (limits x{SMOKE_SLACK})")
+    p.add_argument("--dry-run", action="store_true", help="print the plan, its limits and commands; run nothing")
+    p.add_argument("--data", default=None, help=f"where CIFAR-10 is (default: ${DATA_ENV}); never downloaded")
+    p.add_argument("--out", type=Path, default=None,
+                   help=f"run folder (default: bench/results/<device>-<stamp>, or a temporary one when ${OUT_ENV} "
+                   "is set)")
+    p.add_argument("--only", nargs="+", default=None, help="run only these pieces (names as in index.json); "
+                   "'time-to-accuracy' is a lease of its own")
+    p.add_argument("--deadline", type=float, default=None,
+                   help="seconds for the whole run; a piece gets min(its limit, what is left) "
+                   f"(default: {QUICK_BUDGET_S:.0f} with --quick, else {FULL_BUDGET_S:.0f}; x{SMOKE_SLACK} with "
+                   "--cpu-smoke)")
+    args = p.parse_args(argv)
+    args.plan = "quick" if args.quick else "full"
+    if args.deadline is None:
+        args.deadline = (QUICK_BUDGET_S if args.quick else FULL_BUDGET_S) * (SMOKE_SLACK if args.cpu_smoke else 1)
+    if args.deadline <= 0:
+        p.error(f"--deadline must be > 0 seconds, got {args.deadline:g}")
+    return args
 
 
-def module_available(name: str) -> bool:
-    try:
-        return importlib.util.find_spec(name) is not None
-    except (ImportError, ValueError):
-        return False
+def select(args, out: Path) -> list[dict]:
+    """The pieces to run: the plan's, or those ``--only`` names (then from every plan)."""
+    data = str(Path(args.data).resolve()) if args.data else None
+    todo = pieces(args.plan, args.cpu_smoke, data, out)
+    if not args.only:
+        return todo
+    known = {p["name"]: p for plan in ("full", "quick", "time-to-accuracy")
+             for p in pieces(plan, args.cpu_smoke, data, out)}
+    unknown = sorted(set(args.only) - set(known))
+    if unknown:
+        raise ValueError(f"--only: unknown piece(s) {', '.join(unknown)}; pieces: {', '.join(known)}")
+    return [known[name] for name in dict.fromkeys(args.only)]
 
 
-def pieces(args, out: Path) -> list[dict]:
-    """name, argv (or skip reason), time limit (s), and what it writes."""
-    py, smoke = sys.executable, args.cpu_smoke
-    data = ["--data", args.data] if args.data else []
-    loaders = ["resident", "torch"]
-    loader_skips = {}
-    for name, module, extra in (("ffcv", "ffcv", ["ffcv", "ffcv-jpg", "ffcv-crops"]), ("dali", "nvidia.dali", ["dali"])):
-        if smoke:
-            loader_skips[name] = "--cpu-smoke times only the resident and torch loaders"
-        elif module_available(module):
-            loaders += extra
-        else:
-            loader_skips[name] = f"{module} is not installed on this machine (pip install -e '.[{name}]')"
-    out_of = lambda name: str(out / name)  # noqa: E731
-    ps = [
-        dict(name="data", limit=45, argv=[py, "-m", "data_prep", "--dataset", "cifar10", *data]),
-        dict(name="kernel-tests", limit=40,
-             argv=[py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "gpu or cuda", *KERNEL_TESTS],
-             skip=("--cpu-smoke: the kernel tests need CUDA here (the CPU suite covers them in the interpreter)"
-                   if smoke else None if module_available("pytest") else "pytest is not installed on this machine")),
-        dict(name="kernels", limit=60, json="kernels.json",
-             argv=[py, "bench/kernels.py", "--out", out_of("kernels.json")]
-             # the training precisions (tf32, bf16), split vs unsplit; rows are saved one by one, so a timeout
-             # keeps the sizes measured first
-             + ([] if smoke else ["--sizes", "1024", "8192", "65536", "--dims", "128", "--rep", "25", "--no-dare"])),
-        dict(name="loaders", limit=45, json="loaders.json", skipped_loaders=loader_skips,
-             argv=[py, "bench/loaders.py", "--loaders", *loaders, "--out", out_of("loaders.json"), *data]
-             + (["--subset", "64", "--batch-size", "16", "--workers", "0"] if smoke else ["--subset", "20480"])),
-        dict(name="train-step", limit=160, json="train_step.json",
-             argv=[py, "bench/train_step.py", "--out", out_of("train_step.json"), *data]
-             + (["--encoders", "resnet18", "--width", "8", "--batch-size", "16", "--steps", "2", "--warmup", "1"]
-                if smoke else ["--steps", "20", "--warmup", "3"])),
-        dict(name="pretrain-dare-fast", limit=110, run_dir="pretrain-dare-fast",
-             argv=[py, "scripts/pretrain.py", "--method", "dare", "--fast", "--no-progress",
-                   "--out", out_of("pretrain-dare-fast"), *data] + (TINY + ["--epochs", "1"] if smoke else [])),
-        dict(name="simclr-r18-cifar10", limit=60, run_dir="simclr-r18-cifar10",
-             argv=[py, "scripts/pretrain.py", "--method", "simclr", "--encoder", "resnet18", "--dataset", "cifar10",
-                   "--epochs", "3", "--no-linear-eval", "--no-progress", "--out", out_of("simclr-r18-cifar10"), *data]
-             + (TINY if smoke else [])),
-        # a lease of its own (python bench/run_all.py --only time-to-accuracy): time to 80% kNN, speedrun
-        # against default, SimCLR and DARe, ResNet-18 on full CIFAR-10; runs start only while they fit
-        dict(name="time-to-accuracy", limit=500, json="time_to_accuracy.json", optional=True,
-             argv=[py, "bench/time_to_accuracy.py", "--out", out_of("time_to_accuracy.json"),
-                   "--runs-dir", out_of("time-to-accuracy-runs"), *data]
-             + (["--methods", "simclr", "--candidates", "default", "--seeds", "0", "--budget", "3",
-                 "--knn-every-steps", "2", "--", *TINY] if smoke else ["--gpu", "--time-limit", "470"])),
-    ]
-    if args.only:
-        unknown = set(args.only) - {p["name"] for p in ps}
-        if unknown:
-            raise ValueError(f"--only: unknown piece(s) {', '.join(sorted(unknown))}; pieces: "
-                             + ", ".join(p["name"] for p in ps))
-        ps = [p for p in ps if p["name"] in args.only]
-    else:
-        ps = [p for p in ps if not p.get("optional")]  # optional pieces run only when --only names them
-    return ps
+def check_data(data: str | None) -> str:
+    """The CIFAR-10 location, or a one-line DataError: this command never downloads."""
+    if not data:
+        raise DataError(f"no dataset given: pass --data DIR or set {DATA_ENV} (a folder holding "
+                        "cifar10-jpeg-q75.tar.gz or the official archive); this command never downloads")
+    find_source(Path(data).expanduser(), get_spec("cifar10"))
+    return str(Path(data).expanduser().resolve())
 
 
-def run_piece(piece: dict, limit: float, log: Path) -> dict:
+def child_env(data: str | None) -> dict:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")  # a piece stopped at its limit has flushed what it printed
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p])
+    if data:
+        env[DATA_ENV] = data
+    return env
+
+
+def run_piece(piece: dict, limit: float, log: Path, env: dict | None = None) -> dict:
     """Run one piece in its own process group; stop the group when it overruns ``limit``."""
     t0 = time.perf_counter()
     with open(log, "w") as f:
         f.write("$ " + shlex.join(piece["argv"]) + "\n")
         f.flush()
-        proc = subprocess.Popen(piece["argv"], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(piece["argv"], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, start_new_session=True,
+                                env=env or child_env(None))
         try:
             rc = proc.wait(timeout=limit)
             status = "ok" if rc == 0 else "failed"
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            stop_group(proc)
             rc, status = proc.returncode, "timeout"
         except KeyboardInterrupt:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait()
+            stop_group(proc)
             raise
     return dict(status=status, rc=rc, wall_s=time.perf_counter() - t0)
 
@@ -162,8 +141,8 @@ def pretrain_summary(folder: Path) -> dict:
     summary = folder / "summary.json"
     if summary.exists():
         s = json.loads(summary.read_text())
-        out.update({k: s[k] for k in ("epochs", "steps", "wall_s", "device", "knn_top1_init", "knn_top1",
-                                       "linear_top1")})
+        out.update({k: s.get(k) for k in ("epochs", "steps", "wall_s", "device", "knn_top1_init", "knn_top1",
+                                          "linear_top1")})
         out.update(batch_size=s["config"]["batch_size"], width=s["config"]["width"])
     return out
 
@@ -175,56 +154,125 @@ def tail(path: Path, lines: int = 3) -> str:
 
 def index_markdown(index: dict) -> str:
     env = index["environment"]
-    lines = [f"# bench/run_all.py ({index['mode']})", "",
+    lines = [f"# bench/run_all.py ({index['mode']}, {index['plan']} plan)", "",
              f"Device {env['device']}; torch {env['torch']}, triton {env['triton']}, CUDA {env['cuda']}, "
-             f"python {env['python']}; {env['time']}; total {index['wall_s']:.0f} s.", "",
-             "What each figure must show to count, with its target: bench/README.md.", "",
+             f"python {env['python']}; {env['time']}; total {index['wall_s']:.0f} s of the {index['deadline']:.0f} s "
+             f"deadline.", "", f"`{env['command']}`", "",
+             "What each figure must show to count, with its target: bench/README.md. Logs and JSON of every piece: "
+             + (f"`{index['bundle']}`." if index.get("bundle") else f"`{index['folder']}`."), "",
              "| piece | status | wall (s) | limit (s) | result |", "|---|---|---:|---:|---|"]
     for p in index["pieces"]:
         res = p.get("skip") or ""
-        if "pretrain" in p:
+        if p.get("pretrain", {}).get("s_per_epoch") is not None:
             r = p["pretrain"]
-            if r.get("s_per_epoch") is not None:
-                res = (f"{r['epochs_done']} epochs, {r['s_per_epoch']:.2f} s/epoch (first {r['first_epoch_s']:.1f} s)"
-                       + (f", kNN {r['knn_top1']:.2f}" if r.get("knn_top1") is not None else "")
-                       + (f", linear {r['linear_top1']:.2f}" if r.get("linear_top1") is not None else ""))
-        elif p.get("json"):
-            res = p["json"] if p["status"] != "skipped" else res
-        if p["status"] in ("failed", "timeout") and not res:
-            res = p.get("log_tail", "")
+            res = (f"{r['epochs_done']} epochs, {r['s_per_epoch']:.2f} s/epoch (first {r['first_epoch_s']:.1f} s)"
+                   + (f", kNN {r['knn_top1']:.2f}" if r.get("knn_top1") is not None else "")
+                   + (f", linear {r['linear_top1']:.2f}" if r.get("linear_top1") is not None else ""))
+        elif p.get("json") and p["status"] != "skipped":
+            res = p["json"]
+        if p["status"] in ("failed", "timeout"):
+            res = (res + "; " if res else "") + p.get("log_tail", "")
         wall = f"{p['wall_s']:.1f}" if p.get("wall_s") is not None else ""
-        lines.append(f"| {p['name']} | {p['status']} | {wall} | {p['limit']} | {res} |")
+        lines.append(f"| {p['name']} | {p['status']} | {wall} | {p['limit']:.0f} | {res.replace('|', '/')} |")
     for name, why in index.get("skipped_loaders", {}).items():
         lines.append(f"\nLoader {name} skipped: {why}")
+    if index.get("left_out"):
+        lines.append("\nLeft out of the bundle (over the size limit): " + ", ".join(index["left_out"]))
     return "\n".join(lines) + "\n"
 
 
+def bundle(folder: Path, dest: Path) -> list[str]:
+    """``dest`` (.tar.gz) of the logs, JSON, markdown and charts under ``folder``, at most 16 MiB: the largest
+    files are left out until it fits. Returns what was left out."""
+    files = sorted((p for p in folder.rglob("*") if p.is_file() and p.suffix in BUNDLED), key=lambda p: str(p))
+    left_out = []
+    while True:
+        with atomic_path(dest, suffix=".tar.gz") as tmp:
+            with tarfile.open(tmp, "w:gz") as tar:
+                for path in files:
+                    tar.add(path, arcname=str(path.relative_to(folder)))
+        if dest.stat().st_size <= MAX_FILE_BYTES or not files:
+            return left_out
+        largest = max(files, key=lambda p: p.stat().st_size)
+        files.remove(largest)
+        left_out.append(str(largest.relative_to(folder)))
+
+
+def out_problems(folder: Path) -> list[str]:
+    """What in ``folder`` a lease would not bring back: more than 8 files, names outside [A-Za-z0-9._-],
+    files over 16 MiB, anything more than 2 folders deep, links."""
+    entries = list(folder.rglob("*"))
+    files = [p for p in entries if p.is_file() and not p.is_symlink()]
+    problems = [f"{len(files)} files (at most 8)"] if len(files) > 8 else []
+    for p in entries:
+        rel = p.relative_to(folder)
+        if not re.fullmatch(r"[A-Za-z0-9._-]+", p.name):
+            problems.append(f"{rel}: name outside [A-Za-z0-9._-]")
+        if p.is_symlink():
+            problems.append(f"{rel}: a link")
+        elif p.is_file() and p.stat().st_size > MAX_FILE_BYTES:
+            problems.append(f"{rel}: {p.stat().st_size} bytes (at most 16 MiB)")
+        if len(rel.parts) > 3:
+            problems.append(f"{rel}: more than 2 folders deep")
+    return problems
+
+
+def dry_run(args, todo: list[dict]) -> int:
+    total = sum(p["limit"] for p in todo if not p.get("skip"))
+    print(f"run_all plan {args.plan}{' (cpu-smoke)' if args.cpu_smoke else ''}: {len(todo)} pieces, limits sum to "
+          f"{total:.0f} s (deadline {args.deadline:.0f} s)")
+    for p in todo:
+        what = f"skipped: {p['skip']}" if p.get("skip") else shlex.join(p["argv"])
+        print(f"  {p['name']:<20} {p['limit']:>4.0f} s  {what}")
+    print(f"limits total: {total:.0f} s")
+    return 0
+
+
 def main(argv=None) -> int:
+    if hasattr(sys.stdout, "reconfigure"):  # a piece of output printed is a piece of output seen
+        sys.stdout.reconfigure(line_buffering=True)
     args = parse_args(argv)
-    if not torch.cuda.is_available() and not args.cpu_smoke:
-        print("run_all.py: error: no CUDA device on this machine; this is the GPU-lease command "
-              "(--cpu-smoke runs its tiny CPU variant to test the orchestration)", file=sys.stderr)
-        return 2
-    mode = "cpu-smoke" if args.cpu_smoke else "gpu"
+    export = Path(os.environ[OUT_ENV]) if os.environ.get(OUT_ENV) else None
     out = args.out or RESULTS / f"{'cpu-smoke' if args.cpu_smoke else device_tag()}-{stamp()}"
     try:
-        todo = pieces(args, out)
-    except ValueError as e:
+        if args.dry_run:
+            return dry_run(args, select(args, out))
+        if not torch.cuda.is_available() and not args.cpu_smoke:
+            raise ValueError("no CUDA device on this machine; this is the GPU-lease command (--cpu-smoke runs its "
+                             "tiny CPU variant to test the orchestration)")
+        if export and args.out and args.out.resolve().is_relative_to(export.resolve()):
+            raise ValueError(f"--out {args.out} lies inside ${OUT_ENV}; only the bundle goes there")
+        select(args, out)  # --only names pieces that exist
+        args.data = data = check_data(args.data or os.environ.get(DATA_ENV))
+    except (ValueError, DataError) as e:
         print(f"run_all.py: error: {e}", file=sys.stderr)
         return 2
+    if export and not args.out:  # the run folder is scratch: $OUT gets the bundle
+        out = Path(tempfile.mkdtemp(prefix="run_all-"))
+    todo = select(args, out)
     out.mkdir(parents=True, exist_ok=True)
-    command = "python bench/run_all.py " + shlex.join(sys.argv[1:] if argv is None else argv)
-    env = environment(command)
-    print(f"run_all ({mode}): {env['device']} | torch {env['torch']} | triton {env['triton']} -> {out}", flush=True)
+    if export:
+        export.mkdir(parents=True, exist_ok=True)
+    mode = "cpu-smoke" if args.cpu_smoke else "gpu"
+    env = environment("python bench/run_all.py " + shlex.join(sys.argv[1:] if argv is None else argv))
+    print(f"run_all ({mode}, {args.plan}): {env['device']} | torch {env['torch']} | triton {env['triton']} | "
+          f"data {data} -> {out}" + (f" (bundled into {export})" if export else ""))
     t_start = time.perf_counter()
-    index = dict(mode=mode, environment=env, folder=str(out), pieces=[], wall_s=0.0,
+    tarball = f"run_all-{mode}-{args.plan}.tar.gz"
+    index = dict(mode=mode, plan=args.plan, deadline=args.deadline, environment=env, folder=str(out), data=data,
+                 bundle=tarball if export else None, pieces=[], wall_s=0.0,
                  skipped_loaders=next((p["skipped_loaders"] for p in todo if "skipped_loaders" in p), {}))
 
     def save():
         index["wall_s"] = time.perf_counter() - t_start
-        (out / "index.json").write_text(json.dumps(index, indent=2, default=str) + "\n")
-        (out / "index.md").write_text(index_markdown(index))
+        write_json(out / "index.json", index, default=str)
+        write_text(out / "index.md", index_markdown(index))
+        if export:  # after every piece: a call cut short still brings back what finished
+            index["left_out"] = bundle(out, export / tarball)
+            write_json(export / "index.json", index, default=str)
+            write_text(export / "index.md", index_markdown(index))
 
+    penv = child_env(data)
     for piece in todo:
         rec = dict(name=piece["name"], limit=piece["limit"], command=shlex.join(piece["argv"]), json=piece.get("json"))
         left = args.deadline - (time.perf_counter() - t_start)
@@ -234,20 +282,23 @@ def main(argv=None) -> int:
             rec.update(status="skipped", skip=f"no time left of the {args.deadline:.0f} s deadline")
         else:
             limit = min(piece["limit"], left)
-            print(f"[{time.perf_counter() - t_start:5.0f} s] {piece['name']} (limit {limit:.0f} s) ...", flush=True)
+            print(f"[{time.perf_counter() - t_start:5.0f} s] {piece['name']} (limit {limit:.0f} s) ...")
             log = out / f"{piece['name']}.log"
-            rec.update(run_piece(piece, limit, log), log=log.name)
+            rec.update(run_piece(piece, limit, log, penv), log=log.name)
             if rec["status"] != "ok":
                 rec["log_tail"] = tail(log)
             if piece.get("run_dir"):
                 rec["pretrain"] = pretrain_summary(out / piece["run_dir"])
-            print(f"        {rec['status']} in {rec['wall_s']:.1f} s"
-                  + (f": {rec['log_tail']}" if rec.get("log_tail") else ""), flush=True)
+            print(f"        {rec['status']} in {rec['wall_s']:.1f} s" + (f": {rec['log_tail']}" if rec.get("log_tail")
+                                                                        else ""))
         index["pieces"].append(rec)
         save()
-    save()
     print("\n" + index_markdown(index))
-    print(f"wrote {out}/index.json and index.md")
+    print(f"{export}: index.md, index.json, {tarball}" if export else f"wrote {out}/index.json and index.md")
+    if export and out_problems(export):
+        print("run_all.py: warning: " + "; ".join(out_problems(export)), file=sys.stderr)
+    if export and not args.out:  # scratch (checkpoints included): everything worth keeping is in the bundle
+        shutil.rmtree(out, ignore_errors=True)
     return 0 if all(p["status"] in ("ok", "skipped") for p in index["pieces"]) else 1
 
 

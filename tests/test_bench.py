@@ -2,7 +2,10 @@
 (including: the committed README section is exactly what the committed JSON renders to)."""
 import importlib.util
 import json
+import os
+import re
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -55,22 +58,83 @@ def test_run_all_refuses_without_cuda(capsys):
     assert "no CUDA device" in capsys.readouterr().err
 
 
-def test_run_all_cpu_smoke_orchestration(tmp_path, tiny_folder):
-    out = tmp_path / "lease"
-    assert run_all.main(["--cpu-smoke", "--data", str(tiny_folder), "--out", str(out)]) == 0
-    index = json.loads((out / "index.json").read_text())
+def _assert_bringable(folder: Path) -> list[Path]:
+    """What a lease brings back from $OUT: at most 8 files, names [A-Za-z0-9._-], <= 16 MiB, <= 2 folders deep."""
+    entries = list(folder.rglob("*"))
+    files = [p for p in entries if p.is_file()]
+    assert 1 <= len(files) <= 8, files
+    for p in entries:
+        rel = p.relative_to(folder)
+        assert re.fullmatch(r"[A-Za-z0-9._-]+", p.name), rel
+        assert len(rel.parts) <= 3 and not p.is_symlink(), rel
+        assert not p.is_file() or p.stat().st_size <= 16 * 2**20, rel
+    assert run_all.out_problems(folder) == []
+    return files
+
+
+def test_run_all_cpu_smoke_brings_home_at_most_8_files(tmp_path, tiny_folder, monkeypatch):
+    export = tmp_path / "OUT"
+    monkeypatch.setenv("OUT", str(export))
+    assert run_all.main(["--cpu-smoke", "--data", str(tiny_folder)]) == 0
+    files = _assert_bringable(export)
+    assert sorted(p.name for p in files) == ["index.json", "index.md", "run_all-cpu-smoke-full.tar.gz"]
+    index = json.loads((export / "index.json").read_text())
     assert index["mode"] == "cpu-smoke" and index["environment"]["torch"] == torch.__version__
     status = {p["name"]: p["status"] for p in index["pieces"]}
-    assert status == {"data": "ok", "kernel-tests": "skipped", "kernels": "ok", "loaders": "ok", "train-step": "ok",
-                      "pretrain-dare-fast": "ok", "simclr-r18-cifar10": "ok"}
-    for name in ("kernels.json", "loaders.json", "train_step.json"):
-        assert json.loads((out / name).read_text())
+    assert status == {"data": "ok", "kernel-tests": "skipped", "kernels-training": "ok", "kernels": "ok",
+                      "loaders": "ok", "train-step": "ok", "simclr-r18-cifar10": "ok", "pretrain-dare-fast": "ok",
+                      "kernel-registers": "ok"}
+    md = (export / "index.md").read_text()
+    for name, st in status.items():
+        assert f"| {name} | {st} |" in md
+    with tarfile.open(export / "run_all-cpu-smoke-full.tar.gz") as tar:
+        members = {m.name: m for m in tar.getmembers()}
+        inside = {name: json.loads(tar.extractfile(members[name]).read()) for name in
+                  ("kernels.json", "loaders.json", "train_step.json", "kernel-registers.json")}
+    assert all(inside.values())
+    assert {f"{name}.log" for name, st in status.items() if st != "skipped"} <= set(members)
+    assert not [m for m in members if m.endswith((".pt", ".pth", ".npy"))]  # no checkpoints, no caches
     pieces = {p["name"]: p for p in index["pieces"]}
     simclr = pieces["simclr-r18-cifar10"]["pretrain"]
     assert simclr["epochs_done"] == 3 and simclr["s_per_epoch"] > 0 and len(simclr["epoch_s"]) == 3
+    assert "simclr-r18-cifar10/metrics.jsonl" in members
     assert pieces["pretrain-dare-fast"]["pretrain"]["linear_top1"] is not None
     assert set(index["skipped_loaders"]) == {"ffcv", "dali"}
-    assert "| simclr-r18-cifar10 | ok |" in (out / "index.md").read_text()
+    assert not Path(index["folder"]).exists()  # the scratch run folder is gone; the bundle holds what counts
+
+
+def test_run_all_bundle_leaves_out_the_largest_files_to_fit(tmp_path, monkeypatch):
+    monkeypatch.setattr(run_all, "MAX_FILE_BYTES", 4000)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "small.log").write_text("ok\n")
+    (tmp_path / "run" / "big.json").write_bytes(os.urandom(8000))  # incompressible
+    (tmp_path / "run" / "checkpoint.pt").write_bytes(b"x" * 10)
+    dest = tmp_path / "b.tar.gz"
+    assert run_all.bundle(tmp_path / "run", dest) == ["big.json"]
+    assert dest.stat().st_size <= 4000
+    with tarfile.open(dest) as tar:
+        assert tar.getnames() == ["small.log"]
+
+
+def test_run_all_quick_dry_run_fits_300_s(capsys):
+    assert run_all.main(["--quick", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    limits = [float(m) for m in re.findall(r"^  \S+ +(\d+) s  ", out, re.M)]
+    names = re.findall(r"^  (\S+) +\d+ s  ", out, re.M)
+    assert names == ["data", "kernel-tests", "kernels-training", "kernels-8192", "simclr-r18-epoch",
+                     "kernel-registers"]
+    assert sum(limits) <= 300 and f"limits total: {sum(limits):.0f} s" in out
+
+
+def test_run_all_missing_data_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("FASTSSL_DATA", raising=False)
+    monkeypatch.setenv("OUT", str(tmp_path / "OUT"))
+    assert run_all.main(["--cpu-smoke", "--quick"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "never downloads" in err
+    assert run_all.main(["--cpu-smoke", "--quick", "--data", str(tmp_path / "nothing")]) == 2
+    assert "no such file or directory" in capsys.readouterr().err
+    assert not (tmp_path / "OUT").exists()  # nothing ran
 
 
 def test_run_all_stops_a_piece_that_overruns(tmp_path):
@@ -152,42 +216,50 @@ def test_committed_readme_section_matches_the_committed_json():
         "README results section is stale: run python scripts/render_results.py"
 
 
-def test_run_all_gpu_command_lines_parse(tmp_path, monkeypatch):
+def test_run_all_gpu_command_lines_parse(tmp_path):
     """Without a GPU, at least check that every GPU-mode piece's command line is accepted by its script."""
     import importlib
 
+    from bench import run_plan
     from fastssl.config import parse_args as pretrain_args
-    args = run_all.parse_args(["--data", "somewhere"])
-    pieces = {p["name"]: p for p in run_all.pieces(args, tmp_path)}
-    assert list(pieces) == ["data", "kernel-tests", "kernels", "loaders", "train-step", "pretrain-dare-fast",
-                            "simclr-r18-cifar10"]
-    assert sum(p["limit"] for p in pieces.values()) <= args.deadline <= 540  # fits one 10-minute call
     parsers = {"bench/kernels.py": importlib.import_module("bench.kernels").parse_args,
                "bench/loaders.py": importlib.import_module("bench.loaders").parse_args,
-               "bench/train_step.py": train_step.parse_args, "scripts/pretrain.py": pretrain_args}
-    for p in pieces.values():
-        script = p["argv"][1]
-        if script in parsers:
-            parsers[script](p["argv"][2:])  # argparse exits on an unknown flag
-    assert pieces["pretrain-dare-fast"]["argv"][2:6] == ["--method", "dare", "--fast", "--no-progress"]
-    # the optional time-to-accuracy piece: a lease of its own, within one 10-minute call
-    (tta,) = run_all.pieces(run_all.parse_args(["--data", "somewhere", "--only", "time-to-accuracy"]), tmp_path)
-    assert tta["limit"] <= args.deadline
-    options = importlib.import_module("bench.time_to_accuracy").parse_args(tta["argv"][2:])
+               "bench/train_step.py": train_step.parse_args, "scripts/pretrain.py": pretrain_args,
+               "bench/time_to_accuracy.py": importlib.import_module("bench.time_to_accuracy").parse_args}
+    for plan, budget in (("full", run_plan.FULL_BUDGET_S), ("quick", run_plan.QUICK_BUDGET_S)):
+        pieces = {p["name"]: p for p in run_plan.pieces(plan, False, "somewhere", tmp_path)}
+        assert sum(p["limit"] for p in pieces.values()) <= budget <= 570  # fits one 10-minute call
+        for p in pieces.values():
+            script = p["argv"][1]
+            if script in parsers:
+                parsers[script](p["argv"][2:])  # argparse exits on an unknown flag
+            assert "--data" not in p["argv"] or p["argv"][p["argv"].index("--data") + 1] == "somewhere"
+    assert list(pieces) == ["data", "kernel-tests", "kernels-training", "kernels-8192", "simclr-r18-epoch",
+                            "kernel-registers"]
+    simclr = pieces["simclr-r18-epoch"]["argv"]
+    assert simclr[simclr.index("--epochs") + 1] == "2"  # the compiling epoch, then one timed
+    full = {p["name"]: p for p in run_plan.pieces("full", False, "somewhere", tmp_path)}
+    assert full["pretrain-dare-fast"]["argv"][2:6] == ["--method", "dare", "--fast", "--no-progress"]
+    # the time-to-accuracy piece: a lease of its own, within one 10-minute call
+    (tta,) = run_plan.pieces("time-to-accuracy", False, "somewhere", tmp_path)
+    assert tta["limit"] <= run_plan.FULL_BUDGET_S
+    options = parsers["bench/time_to_accuracy.py"](tta["argv"][2:])
     assert options.gpu and options.time_limit < tta["limit"] and Path(options.data).name == "somewhere"
-    skipped = pieces["loaders"]["skipped_loaders"]
+    skipped = full["loaders"]["skipped_loaders"]
     for name, module in (("ffcv", "ffcv"), ("dali", "nvidia.dali")):
-        assert (name in skipped) != run_all.module_available(module)
+        assert (name in skipped) != run_plan.module_available(module)
+    xdist = run_plan.module_available("xdist")
+    assert ("-n" in pieces["kernel-tests"]["argv"]) == xdist
 
 
 def test_render_time_to_accuracy(tmp_path):
-    from bench import time_to_accuracy as tta
+    from bench import tta_report
     env = dict(command="python bench/time_to_accuracy.py", device="cpu (x86_64, 2 cores, 2 threads)",
                time="2026-12-01T10:00:00", torch="2.13")
     runs = [dict(method="simclr", candidate=c, seed=0, status="ok", knn_top1=k, knn_top1_init=28.0, train_s=240.0,
                  steps=300, images_seen=38400, curve=[[0.0, 28.0], [240.0, k]]) for c, k in (("default", 40.0),
                                                                                            ("multicrop", 44.5))]
-    record = dict(benchmark="time_to_accuracy", environment=env, runs=runs, gains=tta.gains(runs),
+    record = dict(benchmark="time_to_accuracy", environment=env, runs=runs, gains=tta_report.gains(runs),
                   winners=["multicrop"],
                   settings=dict(mode="fast", budget=240.0, knn_every_steps=100, target_knn=None, threads=2))
     _write(tmp_path / "time_to_accuracy-cpu-1.json", record)
@@ -270,3 +342,36 @@ def test_kernels_bench_without_cuda_exits_0(tmp_path, capsys):
     record = json.loads(out.read_text())
     assert record["cuda"] is False and [r["two_n"] for r in record["cpu_reference"]] == [256, 1024]
     assert "No CUDA device" in capsys.readouterr().out and out.with_suffix(".md").exists()
+
+
+# ---- bench/stack_check.py and bench/kernel_registers.py (no venv, no GPU) ---------------------------------
+
+def test_stack_check_pins_the_oldest_stack_and_installs_the_rest():
+    from bench import stack_check
+    deps = stack_check.runtime_dependencies()
+    names = {d.split(">")[0].split("=")[0].split("<")[0].split(";")[0].strip() for d in deps}
+    assert {"numba", "tqdm", "pillow", "matplotlib", "safetensors"} <= names
+    assert not names & {"torch", "triton", "numpy"}  # pinned by PINS, never left to the resolver
+    assert stack_check.PINS == ["torch==2.11.0", "triton==3.6.0", "numpy<2.3"]
+    assert all(path.startswith("tests/test_kernels_") for path in stack_check.KERNEL_TESTS)
+    args = stack_check.parse_args(["--venv", "/tmp/v"])
+    assert args.steps == ["import", "kernel-tests", "compile-tests", "aot"]
+
+
+def test_kernel_registers_reads_only_the_fused_loss_binaries(tmp_path):
+    from bench import kernel_registers
+    for key, name in (("a1", "_contrastive_fwd_kernel"), ("b2", "triton_poi_fused_add_0")):
+        (tmp_path / key).mkdir()
+        (tmp_path / key / f"{name}.cubin").write_bytes(b"not a cubin")
+        (tmp_path / key / f"{name}.ttir").write_text(f"tt.func public @{name}(%arg0: !tt.ptr<bf16> ...")
+        (tmp_path / key / f"{name}.json").write_text(json.dumps(dict(name=name, num_warps=8, num_stages=2,
+                                                                      shared=4096, target=dict(arch=90))))
+    (row,) = kernel_registers.scan(tmp_path)
+    assert (row["kernel"], row["num_warps"], row["dynamic_shared"], row["arch"], row["dtype"]) == (
+        "_contrastive_fwd_kernel", 8, 4096, 90, "bf16")
+    out = tmp_path / "regs.json"
+    assert kernel_registers.main(["--cache", str(tmp_path), "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["rows"][0]["kernel"] == "_contrastive_fwd_kernel"
+    assert "| _contrastive_fwd_kernel | 90 | bf16 | 8 | 2 |" in out.with_suffix(".md").read_text()
+    assert kernel_registers.main(["--cache", str(tmp_path / "none"), "--out", str(out)]) == 0
+    assert "No fused-loss binaries" in out.with_suffix(".md").read_text()

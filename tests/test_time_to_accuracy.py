@@ -1,4 +1,5 @@
-"""bench/time_to_accuracy.py without training: the command lines, resume, the gain maths and the
+"""bench/time_to_accuracy.py (the CLI), bench/tta_sweep.py and bench/tta_report.py without training: the
+command lines, resume, the gain maths and the
 report (JSON, markdown, PNG) from synthetic run folders, --dry-run, and the subprocess runner."""
 import argparse
 import importlib.util
@@ -16,6 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench import time_to_accuracy as tta  # noqa: E402
+from bench import tta_report as report  # noqa: E402
+from bench import tta_sweep as sweep  # noqa: E402
 
 
 def pinned_parser() -> argparse.ArgumentParser:
@@ -43,9 +46,9 @@ def args_for(tmp_path, *extra):
 # ---- command lines ---------------------------------------------------------------------------------
 
 def test_every_candidate_builds_a_command_with_the_pinned_options(tmp_path):
-    args = args_for(tmp_path, "--candidates", *tta.CANDIDATES, "--seeds", "0", "1", "--data", "/d")
-    runs = tta.plan(args)
-    assert len(runs) == len(tta.CANDIDATES) * 2 * 2  # candidates x (simclr, dare) x seeds
+    args = args_for(tmp_path, "--candidates", *sweep.CANDIDATES, "--seeds", "0", "1", "--data", "/d")
+    runs = sweep.plan(args)
+    assert len(runs) == len(sweep.CANDIDATES) * 2 * 2  # candidates x (simclr, dare) x seeds
     assert [(r["seed"], r["method"]) for r in runs[:2]] == [(0, "simclr"), (0, "simclr")]  # seeds outermost
     folders = set()
     for run in runs:
@@ -67,23 +70,23 @@ def test_every_candidate_builds_a_command_with_the_pinned_options(tmp_path):
 
 
 def test_combined_candidates_and_their_refusals():
-    assert tta.candidate_args("multicrop+progressive") == ["--local-crops", "4", "--local-size", "16",
+    assert sweep.candidate_args("multicrop+progressive") == ["--local-crops", "4", "--local-size", "16",
                                                            "--res-schedule", "16,24,32"]
-    with pytest.raises(tta.SweepError, match="unknown candidate 'nope'"):
-        tta.candidate_args("default+nope")
-    tta.CANDIDATES["lr-low"] = ["--lr", "0.1"]
+    with pytest.raises(sweep.SweepError, match="unknown candidate 'nope'"):
+        sweep.candidate_args("default+nope")
+    sweep.CANDIDATES["lr-low"] = ["--lr", "0.1"]
     try:
-        with pytest.raises(tta.SweepError, match="lr-x2 and lr-low both set --lr"):
-            tta.candidate_args("lr-x2+lr-low")
+        with pytest.raises(sweep.SweepError, match="lr-x2 and lr-low both set --lr"):
+            sweep.candidate_args("lr-x2+lr-low")
     finally:
-        del tta.CANDIDATES["lr-low"]
+        del sweep.CANDIDATES["lr-low"]
 
 
 def test_gpu_mode_is_full_size_speedrun_against_default_with_a_target(tmp_path):
     args = args_for(tmp_path, "--gpu")
     assert (args.candidates, args.seeds, args.target_knn) == (["default", "speedrun"], [0], 80.0)
     assert (args.budget, args.time_limit) == (75.0, 470.0)
-    runs = tta.plan(args)
+    runs = sweep.plan(args)
     assert [(r["method"], r["candidate"]) for r in runs] == [("simclr", "default"), ("simclr", "speedrun"),
                                                              ("dare", "default"), ("dare", "speedrun")]
     for run in runs:
@@ -96,7 +99,7 @@ def test_gpu_mode_is_full_size_speedrun_against_default_with_a_target(tmp_path):
 
 def test_arguments_after_a_double_dash_go_to_every_run(tmp_path):
     args = args_for(tmp_path, "--candidates", "default", "--seeds", "3", "--", "--width", "8", "--device", "cpu")
-    runs = tta.plan(args)
+    runs = sweep.plan(args)
     assert all(r["argv"][-4:] == ["--width", "8", "--device", "cpu"] for r in runs)
     assert parse(runs[0]).width == "8"
 
@@ -118,15 +121,15 @@ def test_bad_options_are_one_line(tmp_path, capsys, flags, message):
 
 
 def test_check_commands_reports_an_option_pretrain_does_not_know(tmp_path):
-    runs = tta.plan(args_for(tmp_path, "--candidates", "default", "multicrop", "--methods", "simclr", "--seeds", "0"))
+    runs = sweep.plan(args_for(tmp_path, "--candidates", "default", "multicrop", "--methods", "simclr", "--seeds", "0"))
     parser = pinned_parser()
-    assert tta.check_commands(runs, parser) == []
+    assert sweep.check_commands(runs, parser) == []
     old = argparse.ArgumentParser(prog="pretrain.py")  # a pretrain.py that predates --time-budget
     for flag in ("--method", "--seed", "--out", "--knn-every-steps", "--local-crops", "--local-size"):
         old.add_argument(flag)
     for flag in ("--fast", "--no-progress", "--no-linear-eval"):
         old.add_argument(flag, action="store_true")
-    problems = tta.check_commands(runs, old)
+    problems = sweep.check_commands(runs, old)
     assert len(problems) == 2 and problems[0].startswith("simclr-default-s0: ")
     assert "unrecognized arguments: --time-budget 240" in problems[0]
 
@@ -142,20 +145,20 @@ def write_run(run, knn_final, budget=240.0, train_s=None, status="ok", target=No
     """A finished run folder as pretrain.py (contract item 6) and the runner leave it."""
     folder = Path(run["folder"])
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / tta.RUN_INFO).write_text(json.dumps(dict(argv=run["argv"], status=status, threads=2, commit=commit)))
+    (folder / sweep.RUN_INFO).write_text(json.dumps(dict(argv=run["argv"], status=status, threads=2, commit=commit)))
     train_s = budget if train_s is None else train_s
     curve = curve or [(0.4 * train_s, knn_final - 4.0), (0.8 * train_s, knn_final - 1.0), (train_s, knn_final)]
     rows = [dict(event="epoch", epoch=1, step=100, loss=5.0, lr=0.1, images_per_s=200.0, epoch_s=50.0,
                  train_s=curve[0][0], wall_s=70.0, knn_top1=None)]
     rows += [dict(event="knn", epoch=1, step=100 * (i + 1), images=12800 * (i + 1), train_s=t, wall_s=t + 30,
                   knn_top1=k) for i, (t, k) in enumerate(curve)]
-    (folder / tta.METRICS).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / sweep.METRICS).write_text("".join(json.dumps(r) + "\n" for r in rows))
     reached = next((t for t, k in curve if target and k >= target), None)
     summary = dict(method=run["method"], knn_top1_init=28.0, knn_top1=knn_final, train_s=train_s, eval_s=40.0,
                    wall_s=train_s + 60, steps=300, images_seen=38400, time_budget_s=budget,
                    time_to_target_s=reached, target_knn=target, device="cpu (2 cores, 2 threads)",
                    config=dict(width=16, batch_size=128, train_subset=25600, knn_bank=10000, knn_queries=2000))
-    (folder / tta.SUMMARY).write_text(json.dumps(summary))
+    (folder / sweep.SUMMARY).write_text(json.dumps(summary))
 
 
 class Clock:
@@ -168,9 +171,9 @@ class Clock:
 
 
 def fake_execute(calls, budget=240.0, job_s=300.0, clock=None):
-    """Stands in for tta.execute: writes the run folder a real run would, from the KNN table."""
+    """Stands in for sweep.execute: writes the run folder a real run would, from the KNN table."""
     def execute(run, threads, timeout):
-        calls.append(tta.run_name(run["method"], run["candidate"], run["seed"]))
+        calls.append(sweep.run_name(run["method"], run["candidate"], run["seed"]))
         write_run(run, KNN[(run["method"], run["candidate"])][run["seed"]], budget=budget)
         if clock is not None:
             clock.now += job_s
@@ -186,50 +189,50 @@ def test_gain_maths_pairs_seeds():
                      time_to_target_s=None))
     recs.append(dict(method="simclr", candidate="temp-0.5", seed=2, status="ok", knn_top1=60.0,
                      time_to_target_s=None))  # no default on seed 2: no gain
-    g = {row["candidate"]: row for row in tta.gains(recs)}
+    g = {row["candidate"]: row for row in report.gains(recs)}
     assert set(g) == {"multicrop", "progressive", "lr-x2"}
     assert g["multicrop"]["gain_per_seed"] == [4.5, 3.0] and g["multicrop"]["mean_gain"] == 3.75
     assert g["multicrop"]["meets_target"] and g["multicrop"]["min_gain"] == 3.0
     assert g["progressive"]["gain_per_seed"] == [-1.0, 1.0] and g["progressive"]["mean_gain"] == 0.0
     assert not g["progressive"]["meets_target"]
     assert g["lr-x2"]["seeds"] == [0] and g["lr-x2"]["mean_gain"] == 9.0 and not g["lr-x2"]["meets_target"]
-    assert not tta.gains(recs, target_gain=4.0)[0]["meets_target"]  # 3.0 on seed 1 is below 4
-    assert tta.winners(tta.gains(recs), ["simclr"]) == ["multicrop", "lr-x2"]
-    assert tta.winners(tta.gains(recs), ["simclr", "dare"]) == []  # no dare run: not shown to win for dare
+    assert not report.gains(recs, target_gain=4.0)[0]["meets_target"]  # 3.0 on seed 1 is below 4
+    assert report.winners(report.gains(recs), ["simclr"]) == ["multicrop", "lr-x2"]
+    assert report.winners(report.gains(recs), ["simclr", "dare"]) == []  # no dare run: not shown to win for dare
 
 
 def test_time_to_target_speedup():
     recs = [dict(method="dare", candidate=c, seed=s, status="ok", knn_top1=80.5, time_to_target_s=t)
             for c, s, t in (("default", 0, 300.0), ("speedrun", 0, 200.0), ("default", 1, 330.0),
                             ("speedrun", 1, 220.0))]
-    (row,) = tta.gains(recs)
+    (row,) = report.gains(recs)
     assert row["time_to_target_speedup"] == pytest.approx(1.5) and row["mean_gain"] == 0.0
     recs[3]["time_to_target_s"] = None  # speedrun did not reach it on seed 1: only seed 0 counts
-    assert tta.gains(recs)[0]["time_to_target_speedup"] == pytest.approx(1.5)
+    assert report.gains(recs)[0]["time_to_target_speedup"] == pytest.approx(1.5)
 
 
 def test_read_run_curve_target_and_early_stop(tmp_path):
     run = dict(method="simclr", candidate="default", seed=0, folder=tmp_path / "r", argv=["scripts/pretrain.py"])
-    assert tta.read_run(run)["status"] == "not run"
+    assert sweep.read_run(run)["status"] == "not run"
     write_run(run, 45.0, train_s=100.0, curve=[(50.0, 41.0), (100.0, 45.0)])
-    rec = tta.read_run(run, target=44.0)
+    rec = sweep.read_run(run, target=44.0)
     assert rec["curve"] == [[0.0, 28.0], [50.0, 41.0], [100.0, 45.0]]  # the epoch row without kNN is not a point
     assert rec["time_to_target_s"] == 100.0 and not rec["stopped_early"]
-    rec = tta.read_run(run)  # no target: a run that ended at 100 of 240 s stopped before its budget
+    rec = sweep.read_run(run)  # no target: a run that ended at 100 of 240 s stopped before its budget
     assert rec["stopped_early"] and (rec["knn_top1"], rec["steps"], rec["train_s"]) == (45.0, 300, 100.0)
     # an older trainer: epoch rows without "event", the kNN on some of them
     rows = [dict(epoch=1, train_s=60.0, knn_top1=None), dict(epoch=2, train_s=120.0, knn_top1=33.0)]
-    (run["folder"] / tta.METRICS).write_text("".join(json.dumps(r) + "\n" for r in rows))
-    assert tta.read_run(run)["curve"] == [[0.0, 28.0], [120.0, 33.0]]
-    (run["folder"] / tta.SUMMARY).unlink()
-    (run["folder"] / tta.RUN_INFO).write_text(json.dumps(dict(argv=run["argv"], status="running")))
-    assert tta.read_run(run)["status"] == "incomplete"
+    (run["folder"] / sweep.METRICS).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert sweep.read_run(run)["curve"] == [[0.0, 28.0], [120.0, 33.0]]
+    (run["folder"] / sweep.SUMMARY).unlink()
+    (run["folder"] / sweep.RUN_INFO).write_text(json.dumps(dict(argv=run["argv"], status="running")))
+    assert sweep.read_run(run)["status"] == "incomplete"
 
 
 def test_sweep_report_json_markdown_png(tmp_path, monkeypatch, capsys):
     calls = []
-    monkeypatch.setattr(tta, "execute", fake_execute(calls))
-    monkeypatch.setattr(tta, "pretrain_parser", pinned_parser)
+    monkeypatch.setattr(sweep, "execute", fake_execute(calls))
+    monkeypatch.setattr(sweep, "pretrain_parser", pinned_parser)
     out = tmp_path / "res" / "tta.json"
     argv = ["--runs-dir", str(tmp_path / "runs"), "--out", str(out), "--candidates", "default", "multicrop",
             "progressive"]
@@ -259,11 +262,11 @@ def test_sweep_report_json_markdown_png(tmp_path, monkeypatch, capsys):
 
 def test_resume_skips_finished_runs_and_refuses_foreign_ones(tmp_path, monkeypatch, capsys):
     calls = []
-    monkeypatch.setattr(tta, "execute", fake_execute(calls))
-    monkeypatch.setattr(tta, "pretrain_parser", pinned_parser)
+    monkeypatch.setattr(sweep, "execute", fake_execute(calls))
+    monkeypatch.setattr(sweep, "pretrain_parser", pinned_parser)
     base = ["--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "tta.json"), "--candidates", "default",
             "multicrop", "--methods", "simclr"]
-    runs = tta.plan(tta.parse_args(base))
+    runs = sweep.plan(tta.parse_args(base))
     write_run(runs[0], 40.0, commit="0ldc0de")  # simclr-default-s0 finished before an interruption
     write_run(runs[3], 45.0)  # simclr-multicrop-s1
     assert tta.main(base) == 2 and "pass --resume" in capsys.readouterr().err and calls == []
@@ -280,11 +283,11 @@ def test_resume_skips_finished_runs_and_refuses_foreign_ones(tmp_path, monkeypat
 
 
 def test_dry_run_prints_every_command_and_runs_nothing(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(tta, "execute", lambda *a: pytest.fail("--dry-run must not train"))
-    monkeypatch.setattr(tta, "pretrain_parser", pinned_parser)
+    monkeypatch.setattr(sweep, "execute", lambda *a: pytest.fail("--dry-run must not train"))
+    monkeypatch.setattr(sweep, "pretrain_parser", pinned_parser)
     base = ["--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "tta.json"), "--candidates", "default",
             "lr-x2", "--seeds", "0", "--threads", "2"]
-    write_run(tta.plan(tta.parse_args(base))[0], 40.0)
+    write_run(sweep.plan(tta.parse_args(base))[0], 40.0)
     assert tta.main(base + ["--dry-run", "--resume"]) == 0
     out = capsys.readouterr().out
     commands = [line for line in out.splitlines() if line.startswith("OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 ")]
@@ -298,9 +301,9 @@ def test_dry_run_prints_every_command_and_runs_nothing(tmp_path, monkeypatch, ca
 
 def test_time_limit_starts_only_runs_that_fit(tmp_path, monkeypatch, capsys):
     calls, clock = [], Clock()
-    monkeypatch.setattr(tta, "time", clock)
-    monkeypatch.setattr(tta, "execute", fake_execute(calls, budget=100.0, job_s=150.0, clock=clock))
-    monkeypatch.setattr(tta, "pretrain_parser", pinned_parser)
+    monkeypatch.setattr(sweep, "time", clock)
+    monkeypatch.setattr(sweep, "execute", fake_execute(calls, budget=100.0, job_s=150.0, clock=clock))
+    monkeypatch.setattr(sweep, "pretrain_parser", pinned_parser)
     out = tmp_path / "tta.json"
     base = ["--runs-dir", str(tmp_path / "runs"), "--out", str(out), "--candidates", "default", "multicrop",
             "--methods", "simclr", "--budget", "100"]
@@ -325,8 +328,8 @@ def test_sigterm_mid_sweep_writes_the_report_of_finished_runs(tmp_path, monkeypa
             os.kill(os.getpid(), signal.SIGTERM)  # arrives while the second run trains
         return finish(run, threads, timeout)
 
-    monkeypatch.setattr(tta, "execute", execute)
-    monkeypatch.setattr(tta, "pretrain_parser", pinned_parser)
+    monkeypatch.setattr(sweep, "execute", execute)
+    monkeypatch.setattr(sweep, "pretrain_parser", pinned_parser)
     before = signal.getsignal(signal.SIGTERM)
     out = tmp_path / "tta.json"
     assert tta.main(["--runs-dir", str(tmp_path / "runs"), "--out", str(out), "--candidates", "default",
@@ -339,17 +342,17 @@ def test_sigterm_mid_sweep_writes_the_report_of_finished_runs(tmp_path, monkeypa
 
 def test_gpu_report_has_time_to_target_and_speedup(tmp_path):
     args = args_for(tmp_path, "--gpu", "--methods", "dare")
-    default, speedrun = tta.plan(args)
+    default, speedrun = sweep.plan(args)
     write_run(default, 80.4, budget=75.0, train_s=60.0, target=80.0, curve=[(30.0, 71.0), (60.0, 80.4)])
     write_run(speedrun, 81.0, budget=75.0, train_s=40.0, target=80.0, curve=[(20.0, 74.0), (40.0, 81.0)])
-    record = tta.build_record(args, [default, speedrun], "python bench/time_to_accuracy.py --gpu")
+    record = report.build_record(args, [default, speedrun], "python bench/time_to_accuracy.py --gpu")
     assert [r["time_to_target_s"] for r in record["runs"]] == [60.0, 40.0]
     assert not any(r["stopped_early"] for r in record["runs"])  # ended at the target, not short of the budget
-    md = tta.summary_markdown(record)
+    md = report.summary_markdown(record)
     assert "target 80% kNN" in md and "| time to target (s) |" in md
     assert "| speedrun | dare | 0 | 81.00 | 28.00 | 40 | 300 | 38,400 | 40 | ok |" in md
     assert "| speedrun | dare | 0 | +0.60 | +0.60 | no | 1.50x |" in md
-    tta.chart(record, tmp_path / "gpu.png")
+    report.chart(record, tmp_path / "gpu.png")
     assert (tmp_path / "gpu.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -367,20 +370,20 @@ def test_execute_pins_threads_records_and_stops_an_overrun(tmp_path):
               "json.dump(dict(omp=os.environ['OMP_NUM_THREADS'], knn_top1=50.0), open(out + '/summary.json', 'w'))")
     run = dict(method="simclr", candidate="default", seed=0, folder=folder, argv=["-c", writer, "--out", str(folder)])
     folder.mkdir()
-    (folder / tta.METRICS).write_text('{"stale": 1}\n')  # a restarted run never mixes with an old one
-    info = tta.execute(run, threads=3, timeout=60)
+    (folder / sweep.METRICS).write_text('{"stale": 1}\n')  # a restarted run never mixes with an old one
+    info = sweep.execute(run, threads=3, timeout=60)
     assert info["status"] == "ok" and info["rc"] == 0
-    assert json.loads((folder / tta.SUMMARY).read_text())["omp"] == "3" and not (folder / tta.METRICS).exists()
-    recorded = json.loads((folder / tta.RUN_INFO).read_text())
+    assert json.loads((folder / sweep.SUMMARY).read_text())["omp"] == "3" and not (folder / sweep.METRICS).exists()
+    recorded = json.loads((folder / sweep.RUN_INFO).read_text())
     assert recorded["argv"] == run["argv"] and recorded["status"] == "ok" and recorded["threads"] == 3
-    assert recorded["commit"] == tta.git_commit() and recorded["load_average_start"] is not None
-    assert tta.run_status(run) == "done"
-    assert "$ -c" in (folder / tta.LOG).read_text()
+    assert recorded["commit"] == sweep.git_commit() and recorded["load_average_start"] is not None
+    assert sweep.run_status(run) == "done"
+    assert "$ -c" in (folder / sweep.LOG).read_text()
 
     sleep = "import time; print('started', flush=True); time.sleep(60)"
     sleeper = dict(run, folder=tmp_path / "slow", argv=["-c", sleep])
-    info = tta.execute(sleeper, threads=1, timeout=1.0)
+    info = sweep.execute(sleeper, threads=1, timeout=1.0)
     assert info["status"] == "timeout" and info["job_s"] < 30
-    assert "started" in (tmp_path / "slow" / tta.LOG).read_text()
+    assert "started" in (tmp_path / "slow" / sweep.LOG).read_text()
     failing = dict(run, folder=tmp_path / "bad", argv=["-c", "import sys; sys.exit(3)"])
-    assert tta.execute(failing, threads=1, timeout=30)["status"] == "failed"
+    assert sweep.execute(failing, threads=1, timeout=30)["status"] == "failed"
