@@ -40,8 +40,7 @@ sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() not
 
 from bench import tta_sweep as runs  # noqa: E402
 from bench._common import RESULTS, device_tag, stamp  # noqa: E402
-# summary_markdown: scripts/render_results.py imports it from here (until it imports bench.tta_report)
-from bench.tta_report import summary_markdown, write_report  # noqa: E402, F401
+from bench.tta_report import write_report  # noqa: E402
 from bench.tta_sweep import CANDIDATES, SUMMARY, SWEEP, SweepError, candidate_args  # noqa: E402
 
 

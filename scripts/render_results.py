@@ -166,7 +166,7 @@ def _reproduce_md(path: str, r: dict) -> str:
 
 
 def _time_to_accuracy_md(path: str, r: dict) -> str:
-    from bench.time_to_accuracy import summary_markdown
+    from bench.tta_report import summary_markdown
     return f"{_link(path)}, plot {_link(Path(path).with_suffix('.png').as_posix())}:\n\n" + summary_markdown(r)
 
 

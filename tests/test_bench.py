@@ -1,5 +1,5 @@
-"""bench/train_step.py and bench/run_all.py on the CPU at tiny sizes, and the README results renderer
-(including: the committed README section is exactly what the committed JSON renders to)."""
+"""bench/train_step.py and bench/run_all.py on the CPU at tiny sizes, and the results renderer's sections
+(its page/summary sync with the committed JSON is tested in tests/test_readme.py)."""
 import importlib.util
 import json
 import os
@@ -193,27 +193,6 @@ def test_render_reproduction_table(tmp_path, tiny_folder):
     ours = results["cells"][0]["linear_top1"]
     assert f"| triplet | cifar10 | resnet18 | {ours:.2f} | 86.0 |" in section
     assert "Budget **smoke**" in section and "NOT a reproduction" in section
-
-
-def test_replace_section_and_check(tmp_path, capsys):
-    readme = tmp_path / "README.md"
-    readme.write_text(f"# x\n\nintro\n\n{render_results.BEGIN}\nold\n{render_results.END}\n\n## After\n")
-    results = tmp_path / "results"
-    _write(results / "a.json", _loaders("2026-01-01T00:00:00", "cpu (2 cores)", 1111.0))
-    args = ["--readme", str(readme), "--results", str(results)]
-    assert render_results.main(args + ["--check"]) == 1
-    assert render_results.main(args) == 0
-    text = readme.read_text()
-    assert text.startswith("# x\n\nintro\n\n") and text.endswith("\n\n## After\n") and "old" not in text
-    assert render_results.main(args + ["--check"]) == 0
-    readme.write_text("no markers\n")
-    assert render_results.main(args) == 2 and "exactly one" in capsys.readouterr().err
-
-
-def test_committed_readme_section_matches_the_committed_json():
-    readme = (ROOT / "README.md").read_text()
-    assert render_results.replace_section(readme, render_results.render()) == readme, \
-        "README results section is stale: run python scripts/render_results.py"
 
 
 def test_run_all_gpu_command_lines_parse(tmp_path):
