@@ -30,7 +30,8 @@ reproducible but differ from a single-process run's.
 
 FFCV pitfalls handled here: batch buffers are reused (labels are copied; views are new tensors),
 an epoch abandoned mid-way is shut down properly (terminate, drain, join) so that the process does
-not hang or abort at exit, ``NUMBA_CACHE_DIR`` defaults to ``<fastssl cache>/numba``, and the
+not hang or abort at exit, ``NUMBA_CACHE_DIR`` defaults to ``<fastssl cache>/numba`` and numba's threading
+layer to OpenMP (``data_prep.numba_env``: its TBB layer can hang the process at exit), and the
 torch thread count that importing ffcv resets to 1 is restored (FFCV then sets it to its worker
 count, which on a CPU device defaults to that same thread count).
 """
@@ -43,8 +44,8 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from data_prep.cache import cache_root
 from data_prep.formats import require
+from data_prep.numba_env import prepare_numba
 
 from ..augment import AugmentPolicy, TwoViewAugment, augment_view
 from ..data import epoch_seed
@@ -53,18 +54,10 @@ from .common import (as_indices, batches, check_sizes, colour_only, epoch_order,
 
 CROPS = ("device", "ffcv")
 
-
-def _set_numba_cache() -> None:
-    if "NUMBA_CACHE_DIR" not in os.environ:
-        os.environ["NUMBA_CACHE_DIR"] = str(cache_root() / "numba")
-        import sys
-        if "numba" in sys.modules:  # imported already: make it read the variable again
-            from numba.core import config
-            config.reload_config()
+prepare_numba(cache_dir=False)  # numba's OpenMP threading layer, before anything here starts numba
 
 
 def _ffcv():
-    _set_numba_cache()
     threads = torch.get_num_threads()
     require("ffcv.loader", "--loader ffcv")
     torch.set_num_threads(threads)  # importing ffcv sets torch's thread count to 1: undo that
@@ -86,7 +79,7 @@ def _kernels():
     global _KERNELS
     if _KERNELS is not None:
         return _KERNELS
-    _set_numba_cache()
+    prepare_numba()
     from numba import njit
 
     @njit(cache=True, fastmath=False, nogil=True)
