@@ -442,10 +442,6 @@ class TwoViewAugment:
         self.local_policy = replace(view1, crop_scale=scale)
         self._stats: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    @classmethod
-    def from_name(cls, name: str, mean, std, **kwargs) -> "TwoViewAugment":
-        return cls(*policy_pair(name), mean, std, **kwargs)
-
     def replace(self, **changes) -> "TwoViewAugment":
         """A copy with some constructor arguments changed, e.g. ``replace(size=16)``, ``replace(local_crops=6)``."""
         args = dict(view1=self.view1, view2=self.view2, mean=self.mean, std=self.std, size=self.size,

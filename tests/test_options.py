@@ -11,7 +11,6 @@ import pytest
 
 from data_prep import dataset_names
 from fastssl import config, methods
-from fastssl.cli import main
 from fastssl.config import parse_args, resolve
 from fastssl.methods import base
 from fastssl.methods.base import Method, Option, register

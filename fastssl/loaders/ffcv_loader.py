@@ -49,7 +49,7 @@ from data_prep.numba_env import prepare_numba
 
 from ..augment import AugmentPolicy, TwoViewAugment, augment_view
 from ..data import epoch_seed
-from .common import (as_indices, batches, check_sizes, colour_only, epoch_order, finish, refuse_global_size,
+from .common import (EpochLoader, as_indices, batches, check_sizes, colour_only, epoch_order, finish,
                      refuse_local_crops, shard_batches)
 
 CROPS = ("device", "ffcv")
@@ -227,7 +227,7 @@ def _shutdown(it) -> None:
         it.close()
 
 
-class FFCVLoader:
+class FFCVLoader(EpochLoader):
     """FFCV loader over the ``.beton`` at ``path`` (fields ``image``, ``label``)."""
 
     def __init__(self, path, indices, batch_size: int, augment: TwoViewAugment, device, seed: int = 0,
@@ -241,6 +241,8 @@ class FFCVLoader:
             refuse_local_crops(augment, "--loader ffcv with FFCV-side crops")
         # The side FFCV-side crops are cut at (fixed when FFCV compiles the pipeline).
         self.crop_size = augment.size or resolution
+        if crops == "ffcv":  # the operation's output shape is fixed when FFCV compiles the pipeline
+            self.fixed_size, self.what = self.crop_size, "--loader ffcv with FFCV-side crops"
         if world > 1 and (batch_size % world or not drop_last):
             raise ValueError(f"--loader ffcv on {world} ranks needs drop_last and a global batch divisible by "
                              f"{world}, got {batch_size}")
@@ -267,18 +269,6 @@ class FFCVLoader:
         )
         check_sizes(len(self.loader.indices), batch_size, drop_last)
         self.colour = (colour_only(augment.view1), colour_only(augment.view2))
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def set_global_size(self, px: int | None) -> None:
-        """Global views at ``px`` x ``px`` from the next batch on (device crops; FFCV-side crops refuse a
-        size other than the one they were built with)."""
-        if self.crops == "ffcv":
-            refuse_global_size(px, self.crop_size, "--loader ffcv with FFCV-side crops")
-        elif px != self.augment.size:
-            self.augment = self.augment.replace(size=px)
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -303,6 +293,3 @@ class FFCVLoader:
                 yield self._views(images, gen), labels
         finally:
             _shutdown(it)
-
-    def close(self) -> None:
-        pass
