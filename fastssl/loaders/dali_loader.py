@@ -45,7 +45,8 @@ import torch
 
 from data_prep.formats import read_dali_index, require
 
-from ..augment import BLUR_SIGMA, AugmentPolicy, TwoViewAugment
+from ..augment import AugmentPolicy, TwoViewAugment
+from ..colour import BLUR_SIGMA
 from ..data import epoch_seed
 from .common import (EpochLoader, as_indices, batches, check_sizes, epoch_order, num_batches, refuse_local_crops,
                      sample_seed, shard_batches)
