@@ -256,7 +256,7 @@ def resolve(cfg: Config) -> Config:
     if cfg.batch_size % world:
         raise CLIError(f"--batch-size {cfg.batch_size} is the global batch and must be divisible by the number of "
                        f"processes ({world})")
-    _check_time_to_accuracy_options(cfg, method_cls)
+    _check_time_to_accuracy_options(cfg)
     if cfg.out is None:
         cfg.out = f"runs/{cfg.method}-{cfg.dataset}-{cfg.encoder}"
     from .dispatch import resolve_backend
@@ -267,7 +267,7 @@ def resolve(cfg: Config) -> Config:
     return cfg
 
 
-def _check_time_to_accuracy_options(cfg: Config, method_cls) -> None:
+def _check_time_to_accuracy_options(cfg: Config) -> None:
     """One-line errors for the budget, target, multi-crop, resolution, logging and image-folder options."""
     from .schedule import parse_res_schedule
     if cfg.dataset != "images" and cfg.resolution != 32:
@@ -302,13 +302,12 @@ def config_from_checkpoint(saved: dict) -> Config:
     known = {f.name for f in fields(Config)}
     unknown = sorted(set(saved) - known)
     if unknown:
-        raise ValueError(f"its config has unknown options ({', '.join(unknown[:5])}): another fastssl version?")
+        raise ValueError(f"its config has unknown options ({', '.join(unknown[:5])}): another fastssl version, or "
+                         "a method file that is not here (fastssl/methods, $FASTSSL_METHODS_PATH)?")
     cfg = Config(**saved)
     for name, default in DEFAULTS.items():
-        if getattr(cfg, name) is None and name not in ("out", "eval_data"):
+        if getattr(cfg, name) is None:
             setattr(cfg, name, default)
-    if cfg.recipe is None:
-        cfg.recipe = "default"
     if cfg.local_scale is not None:
         cfg.local_scale = tuple(cfg.local_scale)
     return cfg

@@ -1,6 +1,7 @@
 """Methods own their options: a method file declares its hyper-parameters (``Option``), and Config,
 ``--help`` and ``--recipe`` pick them up with no second edit. The throwaway method below lives in a
 temporary folder reached through ``FASTSSL_METHODS_PATH``, exactly as a new file in fastssl/methods/."""
+import dataclasses
 import json
 import os
 import subprocess
@@ -113,6 +114,15 @@ def test_methods_options_are_config_fields_with_their_defaults():
     owners = {name: method for name, (_, method) in methods.method_options().items()}
     assert owners["dare_lambda"] == "dare" and owners["triplet_mining"] == "triplet" and owners["ema_base"] == "byol"
     assert "dare_lambda" not in {o.name for o in config.GLOBAL_OPTIONS}
+
+
+def test_config_round_trips_through_a_checkpoint_dict():
+    cfg = resolve(parse_args(["--method", "dare", "--device", "cpu", "--dare-lambda", "0.3", "--local-scale", "0.1,0.2"]))
+    saved = dataclasses.asdict(cfg)
+    assert config.config_from_checkpoint(saved) == cfg and saved["dare_lambda"] == 0.3
+    assert config.config_from_checkpoint({k: v for k, v in saved.items() if k != "ema_base"}).ema_base == 0.99
+    with pytest.raises(ValueError, match="toy_scale.*method file"):
+        config.config_from_checkpoint({**saved, "toy_scale": 0.25})
 
 
 def test_datasets_come_from_data_prep():
