@@ -124,20 +124,22 @@ FAST_PRESETS = {
 }
 
 
+# Fields that are not options with a default: how the run is driven, or filled by resolve().
+_CONTROL_FIELDS = dict(method=(str, "simclr"), resume=(bool, False), fast=(bool, False), progress=(bool, True),
+                       backend=(str | None, None))
+
+
 def _all_options() -> dict[str, Option]:
     """The global options, then every method's (a method option may not reuse a global name)."""
     table = {o.name: o for o in GLOBAL_OPTIONS}
     for name, (opt, method) in methods.method_options().items():
         if name in table or name in _CONTROL_FIELDS:
-            raise ValueError(f"method {method!r} declares option {name!r}, which is a global option of fastssl/config.py; "
-                             "set it in the method's recipe instead")
+            raise ValueError(f"method {method!r} declares option {name!r}, which is a global option of "
+                             "fastssl/config.py; set it in the method's recipe instead")
         table[name] = opt
     return table
 
 
-# Fields that are not options with a default: how the run is driven, or filled by resolve().
-_CONTROL_FIELDS = dict(method=(str, "simclr"), resume=(bool, False), fast=(bool, False), progress=(bool, True),
-                       backend=(str | None, None))
 OPTIONS = _all_options()
 DEFAULTS = {name: opt.default for name, opt in OPTIONS.items()}
 RECIPE_NAMES = tuple(dict.fromkeys([*RECIPES, *(r for m in methods.available()
@@ -245,7 +247,6 @@ def resolve(cfg: Config) -> Config:
     for name, default in DEFAULTS.items():
         if getattr(cfg, name) is None:
             setattr(cfg, name, recipe.get(name, preset.get(name, method_cls.recipe.get(name, default))))
-    cfg.recipe = cfg.recipe or "default"
     if cfg.amp == "auto":
         cfg.amp = "bf16" if cfg.device == "cuda" else "off"
     if cfg.compile == "auto":

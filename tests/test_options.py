@@ -92,6 +92,12 @@ def test_a_method_file_trains_with_its_option(plugins, tiny_folder, tmp_path):
     assert json.loads((tmp_path / "run2" / "summary.json").read_text())["config"]["res_schedule"] == ""
 
 
+def test_a_method_file_may_not_shadow_a_builtin_one(tmp_path):
+    (tmp_path / "simclr.py").write_text("raise AssertionError('never imported')\n")
+    r = pretrain(tmp_path, "--help", timeout=300)
+    assert r.returncode != 0 and "method files of the same name in two folders" in r.stderr and "simclr" in r.stderr
+
+
 @pytest.mark.parametrize("bad", [["--toy-scale", "x"], ["--toy-scale", "-1"], ["--toy-mode", "odd"]])
 def test_a_bad_method_option_is_one_line_and_exit_2(plugins, bad):
     r = pretrain(plugins, "--method", "toy", *bad, timeout=300)

@@ -17,7 +17,11 @@ from .base import Method, Option, available, get_method, method_options, registe
 
 __path__ += [p for p in os.environ.get("FASTSSL_METHODS_PATH", "").split(os.pathsep) if p]
 
-for _module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
+_modules = sorted(m.name for folder in __path__ for m in pkgutil.iter_modules([folder]))
+_twice = sorted({m for m in _modules if _modules.count(m) > 1})
+if _twice:  # the first folder's file would win silently
+    raise ImportError(f"method files of the same name in two folders of {__path__}: {', '.join(_twice)}")
+for _module in dict.fromkeys(_modules):
     if _module != "base":
         importlib.import_module(f"{__name__}.{_module}")  # importing a module registers its methods
 

@@ -18,7 +18,7 @@ class Option:
 
     ``type`` is int, float, str or bool (bool: ``--NAME`` / ``--no-NAME``); int and float values must be
     >= 0, as every numeric option of the command line. ``parse`` replaces ``type`` as the argparse
-    converter for structured values (e.g. "LO,HI"), shown as ``metavar``. Option names are global: a
+    converter for structured values (type tuple, e.g. "LO,HI"), shown as ``metavar``. Option names are global: a
     method prefixes its own with its name (``dare_lambda``); two methods may declare the same option
     only identically (type, default, choices); a method sets another value through its ``recipe``."""
 
@@ -35,6 +35,8 @@ class Option:
             raise ValueError(f"option name {self.name!r} is not a Python identifier")
         if self.type not in (int, float, str, bool, tuple):
             raise ValueError(f"option {self.name!r}: type must be int, float, str or bool, got {self.type!r}")
+        if self.type is tuple and self.parse is None:
+            raise ValueError(f"option {self.name!r}: a tuple option needs parse= (how to read it from the command line)")
         if self.choices is not None:
             object.__setattr__(self, "choices", tuple(self.choices))
 
