@@ -19,7 +19,7 @@ Command line: ``python -m data_prep --dataset cifar10 --data PATH`` or
 
 from .dataset import Dataset
 from .errors import DataError
-from .load import load_dataset
+from .load import dataset_names, load_dataset
 from .specs import DATASETS
 
-__all__ = ["DATASETS", "DataError", "Dataset", "load_dataset"]
+__all__ = ["DATASETS", "DataError", "Dataset", "dataset_names", "load_dataset"]

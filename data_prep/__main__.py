@@ -17,9 +17,7 @@ from .dataset import Dataset
 from .errors import DataError
 from .formats import DEFAULT_JPEG_QUALITY, FORMATS, SPLITS, ensure_formats
 from .images import DEFAULT_RESOLUTION
-from .images import NAME as IMAGES
-from .load import DATA_ENV, load_dataset
-from .specs import DATASETS
+from .load import DATA_ENV, dataset_names, load_dataset
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument(
-        "--dataset", choices=[*sorted(DATASETS), IMAGES], default="cifar10",
+        "--dataset", choices=dataset_names(), default="cifar10",
         help="dataset to prepare (default: %(default)s); 'images': your own folder or tar archive "
         "of images, given with --data",
     )

@@ -11,7 +11,6 @@ import numpy as np
 
 from .errors import DataError
 
-IMAGE_SHAPE = (32, 32, 3)  # CIFAR; datasets of your own images are (R, R, 3), R = --resolution
 UNLABELED = -1  # the label of every image of an unlabelled dataset
 
 

@@ -58,6 +58,9 @@ def require(module: str, what: str):
     """Import ``module`` or raise :class:`MissingPackage` naming the pip extra that provides it."""
     import importlib
 
+    if module.split(".")[0] == "ffcv":
+        from .numba_env import prepare_numba
+        prepare_numba()  # before FFCV imports numba
     try:
         return importlib.import_module(module)
     except ImportError as exc:

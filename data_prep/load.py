@@ -10,9 +10,14 @@ from . import cache, images, readers, sources
 from . import download as _download
 from .dataset import Dataset
 from .errors import DataError, SourceNotFound, reading
-from .specs import DatasetSpec, get_spec
+from .specs import DATASETS, DatasetSpec, get_spec
 
 DATA_ENV = "FASTSSL_DATA"
+
+
+def dataset_names() -> tuple[str, ...]:
+    """Every name ``load_dataset`` (and ``--dataset``) accepts: the specs' datasets, then your own images."""
+    return (*DATASETS, images.NAME)
 
 
 def load_dataset(

@@ -1,103 +1,116 @@
 """Run configuration: one flat dataclass, the command line that fills it, and how defaults resolve.
 
-A value is taken from, in order: the command line, the ``--fast`` preset (when asked for), the
-method's recipe (``Method.recipe``), then ``DEFAULTS``. Options left unset on the command line are
+``Config`` is built from the global options below plus every registered method's ``options``
+(``fastssl.methods.base.Option``), so a method's hyper-parameters live in its own file and still read
+as ``cfg.NAME``. A value is taken from, in order: the command line, ``--recipe`` (the method's own
+``recipes`` entry, else ``RECIPES``), the ``--fast`` preset (with the method's ``fast_cpu`` on a CPU),
+the method's ``recipe``, then the option's default. Options left unset on the command line are
 ``None`` until ``resolve`` fills them, so every source can be told apart.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
-from dataclasses import dataclass, fields
+from dataclasses import fields
 
 import torch
 
+from data_prep import dataset_names
 
 from . import distributed, methods
-from .dispatch import BACKENDS
 from .augment import POLICY_NAMES
+from .dispatch import BACKENDS
 from .loaders import LOADERS
+from .methods import Option
 from .models import ENCODERS
 
 
-@dataclass
-class Config:
-    method: str = "simclr"
-    dataset: str | None = None
-    data: str | None = None
-    encoder: str | None = None
-    width: int | None = None
-    epochs: int | None = None
-    batch_size: int | None = None
-    lr_scaling: str | None = None
-    optimizer: str | None = None
-    lr: float | None = None
-    weight_decay: float | None = None
-    momentum: float | None = None
-    warmup_epochs: float | None = None
-    temperature: float | None = None
-    proj_hidden: int | None = None
-    proj_dim: int | None = None
-    dare_lambda: float | None = None
-    dare_variant: str | None = None
-    triplet_margin: float | None = None
-    triplet_mining: str | None = None
-    ema_base: float | None = None
-    aug: str | None = None
-    amp: str | None = None
-    compile: str | None = None
-    channels_last: bool | None = None
-    kernels: str | None = None
-    device: str | None = None
-    loader: str | None = None
-    seed: int | None = None
-    train_subset: int | None = None
-    knn_every: int | None = None
-    knn_k: int | None = None
-    knn_t: float | None = None
-    knn_bank: int | None = None
-    knn_queries: int | None = None
-    linear_eval: bool | None = None
-    time_budget: float | None = None
-    target_knn: float | None = None
-    knn_every_steps: int | None = None
-    local_crops: int | None = None
-    local_size: int | None = None
-    local_scale: tuple | None = None
-    res_schedule: str | None = None
-    recipe: str | None = None
-    log: str | None = None
-    eval_data: str | None = None
-    resolution: int | None = None
-    strict: bool | None = None
-    out: str | None = None
-    resume: bool = False
-    fast: bool = False
-    progress: bool = True
-    # Filled by resolve(), not options:
-    backend: str | None = None
+def _scale_range(text):
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LO,HI (two fractions), got {text!r}")
+    if not 0 < lo < hi <= 1:
+        raise argparse.ArgumentTypeError(f"need 0 < LO < HI <= 1, got {text}")
+    return (lo, hi)
 
 
-DEFAULTS = dict(
-    dataset="cifar10", encoder="resnet18", width=64, epochs=100, batch_size=512, lr_scaling="linear", optimizer="sgd",
-    lr=0.4, weight_decay=5e-4,
-    momentum=0.9, warmup_epochs=10.0, temperature=0.2, proj_hidden=2048, proj_dim=256, dare_lambda=0.1,
-    dare_variant="decoupled", triplet_margin=0.2, triplet_mining="semihard", ema_base=0.99, aug="default",
-    amp="auto", compile="auto", channels_last=True, kernels="auto", device="auto", seed=0, train_subset=0,
-    knn_every=0, knn_k=200, knn_t=0.1, knn_bank=0, knn_queries=0, linear_eval=True, out=None,
-    loader="resident", time_budget=0.0, target_knn=0.0, knn_every_steps=0, local_crops=0, local_size=16,
-    local_scale=(0.05, 0.3), res_schedule="", recipe="default", log="none", eval_data=None, resolution=32,
-    strict=False,
+# The options every method shares (a method's own options are declared in its file).
+GLOBAL_OPTIONS = (
+    Option("dataset", str, "cifar10", "dataset (images = your own folder or tar of images given by --data: with "
+           "class sub-folders it is labelled, without them training runs but kNN and probe need --eval-data)",
+           choices=dataset_names()),
+    Option("data", str, None, "dataset archive, image folder or a folder holding one (else $FASTSSL_DATA, else "
+           "the cache, else download)"),
+    Option("encoder", str, "resnet18", "backbone", choices=tuple(ENCODERS)),
+    Option("width", int, 64, "channels of the first stage (64 = the standard network)"),
+    Option("epochs", int, 100, "training epochs"),
+    Option("batch_size", int, 512, "global batch: images per optimiser step over all processes (2 views each); "
+           "under torchrun each of K processes takes B/K"),
+    Option("lr_scaling", str, "linear", "peak lr from --lr and the global batch B: linear = lr*B/256, sqrt = "
+           "lr*sqrt(B/256), none = lr", choices=("linear", "sqrt", "none")),
+    Option("optimizer", str, "sgd", "optimizer", choices=("sgd", "lars")),
+    Option("lr", float, 0.4, "peak learning rate per 256 images (scaled to the global batch by --lr-scaling)"),
+    Option("weight_decay", float, 5e-4, "weight decay (not on biases and norm parameters)"),
+    Option("momentum", float, 0.9, "SGD/LARS momentum"),
+    Option("warmup_epochs", float, 10.0, "linear warmup length, then cosine decay"),
+    Option("temperature", float, 0.2, "contrastive temperature tau"),
+    Option("proj_hidden", int, 2048, "projector hidden width"),
+    Option("proj_dim", int, 256, "projector output size"),
+    Option("aug", str, "default", "augmentation policy pair", choices=POLICY_NAMES),
+    Option("amp", str, "auto", "mixed precision (auto = bf16 on CUDA, off on CPU)",
+           choices=("auto", "bf16", "fp16", "off")),
+    Option("compile", str, "auto", "torch.compile the training step (auto = on for CUDA)",
+           choices=("auto", "on", "off")),
+    Option("channels_last", bool, True, "channels-last memory format"),
+    Option("kernels", str, "auto", "loss kernels (auto = Triton on CUDA, PyTorch elsewhere)", choices=BACKENDS),
+    Option("device", str, "auto", "training device", choices=("auto", "cpu", "cuda")),
+    Option("loader", str, "resident", "training-data loader: resident (uint8 dataset on the device), ffcv, dali, "
+           "or torch (DataLoader baseline); ffcv/dali convert the data once into the cache", choices=LOADERS),
+    Option("seed", int, 0, "random seed"),
+    Option("train_subset", int, 0, "train on a random subset of this many images (0 = all)"),
+    Option("knn_every", int, 0, "kNN monitor every K epochs (0 = only before and after training)"),
+    Option("knn_k", int, 200, "kNN neighbours"),
+    Option("knn_t", float, 0.1, "kNN temperature"),
+    Option("knn_bank", int, 0, "kNN bank: this many train images (0 = all)"),
+    Option("knn_queries", int, 0, "kNN queries: this many test images (0 = all)"),
+    Option("linear_eval", bool, True, "linear probe after training"),
+    Option("time_budget", float, 0.0, "train for this many seconds of training time (evaluation and checkpoint "
+           "writes not charged); warmup and cosine decay run over the fraction of the budget spent (warmup "
+           "fraction = warmup-epochs/epochs) and the run stops when it is spent; --epochs then only sets that "
+           "fraction (0 = off: train --epochs)"),
+    Option("target_knn", float, 0.0, "stop as soon as the kNN monitor reaches this top-1 (percent; needs "
+           "--knn-every-steps or --knn-every; 0 = off)"),
+    Option("knn_every_steps", int, 0, "kNN monitor every K optimiser steps as well (0 = off)"),
+    Option("local_crops", int, 0, "multi-crop: K extra small local crops per image"),
+    Option("local_size", int, 16, "local crop size in pixels"),
+    Option("local_scale", tuple, (0.05, 0.3), "local crop area range LO,HI as fractions of the image",
+           parse=_scale_range, metavar="LO,HI"),
+    Option("res_schedule", str, "", "progressive resolution: global crops rendered at these sizes over training, "
+           "e.g. 16,24,32 (equal thirds) or 16@0.3,24@0.6,32 (size until that fraction); empty = always full size"),
+    Option("recipe", str, "default", "named set of overrides, below the command line and above --fast and the "
+           "method's recipe (a method may define its own): default = none; speedrun = progressive resolution "
+           "16,24,32 px (global crops at 16, then 24, then 32 px over equal thirds of training), which at equal "
+           "training seconds raised kNN top-1 over default by +1.9 to +6.6 points for SimCLR and DARe (2 seeds each, "
+           "CPU, --fast model, 240 s budgets)"),
+    Option("log", str, "none", "also log the scalars to TensorBoard (OUT/tensorboard; needs pip install "
+           "'fastssl[tensorboard]')", choices=("none", "tensorboard")),
+    Option("eval_data", str, None, "labelled image folder or archive for the kNN monitor and linear probe (unset: "
+           "the training dataset's own labels and test split)"),
+    Option("resolution", int, 32, "--dataset images: image size in pixels (images are resized to it)"),
+    Option("strict", bool, False, "--dataset images: stop at the first unreadable image instead of skipping it"),
+    Option("out", str, None, "output folder (default runs/METHOD-DATASET-ENCODER)"),
 )
 
-# --recipe: named sets of overrides (below the command line, above --fast and the method's recipe).
+# --recipe: named sets of overrides (below the command line, above --fast and the method's recipe). A
+# method's own ``recipes`` entry of the same name replaces these for that method.
 # "speedrun" holds the time-to-accuracy choices that won side-by-side runs at equal training seconds
-# (DESIGN section 8; bench/time_to_accuracy.py, bench/results/time_to_accuracy-cpu-*.md). Measured on the
+# (docs/architecture.md; bench/time_to_accuracy.py, bench/results/time_to_accuracy-cpu-*.md). Measured on the
 # 2-core CPU, --fast model, 240 s training budget, 1 thread pinned to one core, kNN top-1 (%), default ->
 # progressive resolution 16,24,32 px, seeds 0 / 1: SimCLR 37.70 -> 44.25 / 38.45 -> 42.10 (+6.55 / +3.65;
 # about twice the steps), DARe 35.35 -> 37.25 / 31.95 -> 36.60 (+1.90 / +4.65: short of +3 on seed 0).
 # Lost on seed 0 (SimCLR): multi-crop 4 x 16 px 34.75, temperature 0.5 36.75. Only progressive is kept;
-# the default recipe is unchanged.
+# the default recipe is unchanged. Until a method measures its own, every method uses this one.
 RECIPES = {"default": {}, "speedrun": dict(res_schedule="16,24,32")}
 
 # --fast: a short schedule sized to the hardware. On a CPU (2 cores) full-width networks train at
@@ -110,62 +123,47 @@ FAST_PRESETS = {
     "cuda": dict(width=64, epochs=20, batch_size=512, warmup_epochs=2.0),
 }
 
-CHOICES = dict(
-    encoder=tuple(ENCODERS), dataset=("cifar10", "cifar100", "images"), optimizer=("sgd", "lars"), aug=POLICY_NAMES,
-    amp=("auto", "bf16", "fp16", "off"), compile=("auto", "on", "off"), kernels=BACKENDS,
-    device=("auto", "cpu", "cuda"), dare_variant=("decoupled", "simclr"),
-    loader=LOADERS,
-    triplet_mining=("semihard", "batch_hard"),
-    lr_scaling=("linear", "sqrt", "none"),
-    recipe=tuple(RECIPES), log=("none", "tensorboard"),
-)
 
-HELP = dict(
-    method="training method", dataset="dataset (images = your own folder or tar of images given by --data: with "
-    "class sub-folders it is labelled, without them training runs but kNN and probe need --eval-data)",
-    data="dataset archive, image folder or a folder holding one (else $FASTSSL_DATA, else the cache, else download)", encoder="backbone", width="channels of the first "
-    "stage (64 = the standard network)", epochs="training epochs", batch_size="global batch: images per "
-    "optimiser step over all processes (2 views each); under torchrun each of K processes takes B/K",
-    lr_scaling="peak lr from --lr and the global batch B: linear = lr*B/256, sqrt = lr*sqrt(B/256), none = lr",
-    optimizer="optimizer", lr="peak learning rate per 256 images (scaled to the global batch by --lr-scaling)",
-    weight_decay="weight decay (not on biases and norm parameters)", momentum="SGD/LARS momentum",
-    warmup_epochs="linear warmup length, then cosine decay", temperature="contrastive temperature tau",
-    proj_hidden="projector hidden width", proj_dim="projector output size", dare_lambda="DARe: weight of "
-    "the Gaussian JSD term", dare_variant="DARe: contrastive loss on the samples", triplet_margin="Triplet: "
-    "margin m on squared distances of L2-normalised embeddings", triplet_mining="Triplet: negative mining",
-    ema_base="BYOL: initial EMA momentum of the target network (cosine schedule to 1.0)",
-    aug="augmentation policy pair", amp="mixed precision (auto = bf16 on CUDA, off on CPU)",
-    compile="torch.compile the training step (auto = on for CUDA)", channels_last="channels-last memory format",
-    kernels="loss kernels (auto = Triton on CUDA, PyTorch elsewhere)", device="training device", seed="random seed",
-    train_subset="train on a random subset of this many images (0 = all)", knn_every="kNN monitor every K "
-    "epochs (0 = only before and after training)", knn_k="kNN neighbours", knn_t="kNN temperature",
-    knn_bank="kNN bank: this many train images (0 = all)", knn_queries="kNN queries: this many test images "
-    "(0 = all)", linear_eval="linear probe after training", out="output folder (default runs/METHOD-DATASET"
-    "-ENCODER)",
-    time_budget="train for this many seconds of training time (evaluation and checkpoint writes not charged); "
-    "warmup and cosine decay "
-    "run over the fraction of the budget spent (warmup fraction = warmup-epochs/epochs) and the run stops when "
-    "it is spent; --epochs then only sets that fraction (0 = off: train --epochs)",
-    target_knn="stop as soon as the kNN monitor reaches this top-1 (percent; needs --knn-every-steps or "
-    "--knn-every; 0 = off)", knn_every_steps="kNN monitor every K optimiser steps as well (0 = off)",
-    local_crops="multi-crop: K extra small local crops per image", local_size="local crop size in pixels",
-    local_scale="local crop area range LO,HI as fractions of the image",
-    res_schedule="progressive resolution: global crops rendered at these sizes over training, e.g. 16,24,32 "
-    "(equal thirds) or 16@0.3,24@0.6,32 (size until that fraction); empty = always full size",
-    recipe="named set of overrides; speedrun = the time-to-accuracy choices that win measured comparisons "
-    "(none measured yet: same as default)",
-    log="also log the scalars to TensorBoard (OUT/tensorboard; needs pip install 'fastssl[tensorboard]')",
-    eval_data="labelled image folder or archive for the kNN monitor and linear probe (unset: the training "
-    "dataset's own labels and test split)",
-    resolution="--dataset images: image size in pixels (images are resized to it)",
-    strict="--dataset images: stop at the first unreadable image instead of skipping it",
-    loader="training-data loader: resident (uint8 dataset on the device), ffcv, dali, or torch (DataLoader "
-    "baseline); ffcv/dali convert the data once into the cache",
-)
+# Fields that are not options with a default: how the run is driven, or filled by resolve().
+_CONTROL_FIELDS = dict(method=(str, "simclr"), resume=(bool, False), fast=(bool, False), progress=(bool, True),
+                       backend=(str | None, None))
+
+
+def _all_options() -> dict[str, Option]:
+    """The global options, then every method's (a method option may not reuse a global name)."""
+    table = {o.name: o for o in GLOBAL_OPTIONS}
+    for name, (opt, method) in methods.method_options().items():
+        if name in table or name in _CONTROL_FIELDS:
+            raise ValueError(f"method {method!r} declares option {name!r}, which is a global option of "
+                             "fastssl/config.py; set it in the method's recipe instead")
+        table[name] = opt
+    return table
+
+
+OPTIONS = _all_options()
+DEFAULTS = {name: opt.default for name, opt in OPTIONS.items()}
+RECIPE_NAMES = tuple(dict.fromkeys([*RECIPES, *(r for m in methods.available()
+                                                  for r in methods.get_method(m).recipes)]))
+
+Config = dataclasses.make_dataclass(
+    "Config",
+    [("method", str, dataclasses.field(default="simclr"))]
+    + [(name, opt.type | None, dataclasses.field(default=None)) for name, opt in OPTIONS.items()]
+    + [(name, kind, dataclasses.field(default=default)) for name, (kind, default) in _CONTROL_FIELDS.items()
+       if name != "method"])
+Config.__module__ = __name__
+Config.__doc__ = ("A run's settings: every option of GLOBAL_OPTIONS and of the methods' ``options`` (None = unset "
+                  "until resolve), ``method``, ``resume``, ``fast``, ``progress``, and ``backend`` (filled by resolve).")
 
 
 class CLIError(Exception):
     """A bad command-line value: reported on one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        """A bad value or flag: one line and exit code 2 (argparse's usage block is left to --help)."""
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def _non_negative(kind):
@@ -180,44 +178,45 @@ def _non_negative(kind):
     return parse
 
 
-def _scale_range(text):
-    try:
-        lo, hi = (float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected LO,HI (two fractions), got {text!r}")
-    if not 0 < lo < hi <= 1:
-        raise argparse.ArgumentTypeError(f"need 0 < LO < HI <= 1, got {text}")
-    return (lo, hi)
+def _add_option(group, opt: Option) -> None:
+    default = opt.default
+    if opt.parse is not None:
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        group.add_argument(opt.flag, default=None, type=opt.parse, metavar=opt.metavar,
+                           help=f"{opt.help} (default: {shown})")
+    elif opt.type is bool:
+        group.add_argument(opt.flag, default=None, action=argparse.BooleanOptionalAction,
+                           help=f"{opt.help} (default: {default})")
+    else:
+        shown = "auto" if default is None else "none" if default == "" else default
+        group.add_argument(opt.flag, default=None, choices=opt.choices,
+                           type=_non_negative(opt.type) if opt.type in (int, float) else str,
+                           help=f"{opt.help} (default: {shown})")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="pretrain.py", description="Self-supervised pretraining on CIFAR (fastssl).",
-        epilog="Unset options take the --fast preset (with --fast), then the method's recipe, then the "
-        "default shown. Methods: " + ", ".join(methods.available()))
+        epilog="Unset options take --recipe, then the --fast preset (with --fast), then the method's recipe, then "
+        "the default shown. Methods: " + ", ".join(methods.available()))
     p.add_argument("--method", default="simclr", help="training method: " + ", ".join(methods.available())
                    + " (default: %(default)s)")
     p.add_argument("--fast", action="store_true", help="short preset sized to this hardware (default: off)")
-    for f in fields(Config):
-        if f.name in ("method", "fast", "resume", "progress", "backend"):
-            continue
-        flag, default = "--" + f.name.replace("_", "-"), DEFAULTS.get(f.name)
-        shown = "auto" if default is None else default
-        if f.name in ("channels_last", "linear_eval", "strict"):
-            p.add_argument(flag, default=None, action=argparse.BooleanOptionalAction,
-                           help=f"{HELP[f.name]} (default: {shown})")
-            continue
-        if f.name == "local_scale":
-            p.add_argument(flag, default=None, type=_scale_range, metavar="LO,HI",
-                           help=f"{HELP[f.name]} (default: {','.join(map(str, default))})")
-            continue
-        kind = {"int": int, "float": float}.get(f.type.split(" ")[0], str)
-        p.add_argument(flag, default=None, choices=CHOICES.get(f.name),
-                       type=_non_negative(kind) if kind is not str else str,
-                       help=f"{HELP[f.name]} (default: {'none' if default == '' else shown})")
+    for opt in GLOBAL_OPTIONS:
+        if opt.name == "recipe":
+            p.add_argument(opt.flag, default=None, choices=RECIPE_NAMES, help=f"{opt.help} (default: {opt.default})")
+        else:
+            _add_option(p, opt)
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt (default: off)")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars (bars show only when stderr is a terminal; otherwise one plain line "
-                   "every ~30 s and at each epoch end)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars (bars show only "
+                   "when stderr is a terminal; otherwise one plain line every ~30 s and at each epoch end)")
+    by_method: dict[str, list[Option]] = {}
+    for name, (opt, method) in methods.method_options().items():
+        by_method.setdefault(method, []).append(opt)
+    for method, opts in sorted(by_method.items()):
+        group = p.add_argument_group(f"{method} options")
+        for opt in opts:
+            _add_option(group, opt)
     return p
 
 
@@ -227,7 +226,7 @@ def parse_args(argv=None) -> Config:
 
 
 def resolve(cfg: Config) -> Config:
-    """Fill every unset option (command line > --fast preset > method recipe > DEFAULTS) and check values."""
+    """Fill every unset option (command line > --recipe > --fast preset > method recipe > defaults) and check values."""
     try:
         method_cls = methods.get_method(cfg.method)
     except KeyError as e:
@@ -240,11 +239,14 @@ def resolve(cfg: Config) -> Config:
     preset = FAST_PRESETS["cuda" if cfg.device == "cuda" else "cpu"] if cfg.fast else {}
     if cfg.fast and cfg.device != "cuda":
         preset = {**preset, **method_cls.fast_cpu}  # a method's documented short-CPU-schedule overrides
-    recipe = RECIPES[cfg.recipe or "default"]
+    recipe_name = cfg.recipe or "default"
+    recipe = method_cls.recipes.get(recipe_name, RECIPES.get(recipe_name))
+    if recipe is None:
+        raise CLIError(f"--recipe {recipe_name} is not defined for method {cfg.method} (its recipes: "
+                       f"{', '.join(sorted({*RECIPES, *method_cls.recipes}))})")
     for name, default in DEFAULTS.items():
         if getattr(cfg, name) is None:
             setattr(cfg, name, recipe.get(name, preset.get(name, method_cls.recipe.get(name, default))))
-    cfg.recipe = cfg.recipe or "default"
     if cfg.amp == "auto":
         cfg.amp = "bf16" if cfg.device == "cuda" else "off"
     if cfg.compile == "auto":
@@ -255,7 +257,7 @@ def resolve(cfg: Config) -> Config:
     if cfg.batch_size % world:
         raise CLIError(f"--batch-size {cfg.batch_size} is the global batch and must be divisible by the number of "
                        f"processes ({world})")
-    _check_time_to_accuracy_options(cfg, method_cls)
+    _check_time_to_accuracy_options(cfg)
     if cfg.out is None:
         cfg.out = f"runs/{cfg.method}-{cfg.dataset}-{cfg.encoder}"
     from .dispatch import resolve_backend
@@ -266,7 +268,7 @@ def resolve(cfg: Config) -> Config:
     return cfg
 
 
-def _check_time_to_accuracy_options(cfg: Config, method_cls) -> None:
+def _check_time_to_accuracy_options(cfg: Config) -> None:
     """One-line errors for the budget, target, multi-crop, resolution, logging and image-folder options."""
     from .schedule import parse_res_schedule
     if cfg.dataset != "images" and cfg.resolution != 32:
@@ -301,13 +303,12 @@ def config_from_checkpoint(saved: dict) -> Config:
     known = {f.name for f in fields(Config)}
     unknown = sorted(set(saved) - known)
     if unknown:
-        raise ValueError(f"its config has unknown options ({', '.join(unknown[:5])}): another fastssl version?")
+        raise ValueError(f"its config has unknown options ({', '.join(unknown[:5])}): another fastssl version, or "
+                         "a method file that is not here (fastssl/methods, $FASTSSL_METHODS_PATH)?")
     cfg = Config(**saved)
     for name, default in DEFAULTS.items():
-        if getattr(cfg, name) is None and name not in ("out", "eval_data"):
+        if getattr(cfg, name) is None:
             setattr(cfg, name, default)
-    if cfg.recipe is None:
-        cfg.recipe = "default"
     if cfg.local_scale is not None:
         cfg.local_scale = tuple(cfg.local_scale)
     return cfg

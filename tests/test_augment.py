@@ -8,10 +8,11 @@ import torch
 import torch.nn.functional as F
 
 from fastssl.augment import (
-    POLICY_NAMES, AugmentPolicy, TwoViewAugment, adjust_brightness, adjust_contrast, adjust_hue,
-    adjust_saturation, augment_view, gaussian_blur, normalize, policy_pair, resized_crop_flip,
-    rgb_to_gray, sample_crop_boxes, solarize,
+    POLICY_NAMES, AugmentPolicy, TwoViewAugment, augment_view, normalize, policy_pair, resized_crop_flip,
+    sample_crop_boxes,
 )
+from fastssl.colour import (adjust_brightness, adjust_contrast, adjust_hue, adjust_saturation, gaussian_blur,
+                            rgb_to_gray, solarize)
 
 MEAN = (125.3, 123.0, 113.9)
 STD = (63.0, 62.1, 66.7)

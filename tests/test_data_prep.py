@@ -504,8 +504,9 @@ def test_mean_std_exact():
 
 
 def test_public_api():
-    assert set(data_prep.__all__) == {"load_dataset", "Dataset", "DataError", "DATASETS"}
+    assert set(data_prep.__all__) == {"load_dataset", "Dataset", "DataError", "DATASETS", "dataset_names"}
     assert sorted(DATASETS) == ["cifar10", "cifar100"]
+    assert data_prep.dataset_names() == ("cifar10", "cifar100", "images")  # what --dataset offers
     assert "\n" not in str(DataError("two\nlines"))
 
 

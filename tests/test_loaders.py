@@ -321,3 +321,41 @@ def test_short_training_run(name, tmp_path, tiny_folder):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["config"]["loader"] == name and summary["steps"] == 80 // 16
     assert summary["knn_top1"] is not None
+
+
+NUMBA_CHILD = """
+import os
+import numba, numpy as np
+import fastssl.loaders.ffcv_loader as ffcv_loader
+chosen = os.environ.get("NUMBA_THREADING_LAYER")  # before numba's first parallel kernel
+from data_prep.formats import MissingPackage
+try:
+    ffcv_loader._ffcv()  # FFCV's own imports and numba kernels, where it is installed
+except MissingPackage:
+    pass
+@numba.njit(parallel=True)
+def total(x):
+    s = 0.0
+    for i in numba.prange(x.shape[0]):
+        s += x[i]
+    return s
+print(total(np.ones(4096)), chosen, numba.threading_layer())
+"""
+
+
+@pytest.mark.parametrize("user_layer", [None, "workqueue"])
+def test_a_process_using_the_ffcv_loader_exits_cleanly_on_openmp(user_layer, tmp_path):
+    """Importing the FFCV loader chooses numba's OpenMP threading layer (TBB's at-exit unload can hang the
+    process); a layer the user set is kept. The child must finish its parallel kernel and exit with code 0."""
+    pytest.importorskip("numba")
+    import os
+    import subprocess
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_THREADING_LAYER"}  # conftest sets it for the tests
+    if user_layer:
+        env["NUMBA_THREADING_LAYER"] = user_layer
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    r = subprocess.run([sys.executable, "-c", NUMBA_CHILD], env=env, capture_output=True, text=True, timeout=300,
+                       cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == ["4096.0", user_layer or "omp", user_layer or "omp"]

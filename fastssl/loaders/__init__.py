@@ -1,7 +1,8 @@
 """Training-data loaders, chosen with ``--loader {resident,ffcv,dali,torch}``.
 
-Every loader has the contract of :class:`fastssl.data.ResidentLoader`: ``set_epoch(e)``,
-``set_global_size(px)``, ``len(loader)`` batches, and iterating yields ``(views, labels)`` on the
+Every loader has the contract of :class:`fastssl.data.ResidentLoader` (the others share its setters
+through ``common.EpochLoader``): ``set_epoch(e)``, ``set_global_size(px)``, ``len(loader)`` batches,
+and iterating yields ``(views, labels)`` on the
 training device: ``views`` the list [global1, global2, *local crops] of augmented, normalised float
 views (channels_last when the augmentation asks for it; ``augment.local_crops`` local crops of
 ``augment.local_size`` px) and int64 labels. ``set_global_size(px)`` renders the global views at
@@ -39,7 +40,7 @@ from .common import UnsupportedOption, refuse_local_crops
 
 LOADERS = ("resident", "ffcv", "dali", "torch")
 
-__all__ = ["LOADERS", "MissingPackage", "UnsupportedOption", "build_loader", "make_loader", "multicrop_augment"]
+__all__ = ["LOADERS", "MissingPackage", "UnsupportedOption", "build_loader", "make_loader"]
 
 
 def make_loader(name: str, ds, indices, batch_size: int, augment: TwoViewAugment, device, seed: int = 0,

@@ -26,6 +26,29 @@ def refuse_global_size(px, resolution: int, what: str) -> None:
                                 f"(--res-schedule); use --loader resident, torch or ffcv (device crops)")
 
 
+class EpochLoader:
+    """The setters every loader shares. ``set_epoch(e)``: the epoch the next iteration covers.
+    ``set_global_size(px)``: global views at ``px`` x ``px`` from the next batch on (None: the
+    dataset's resolution), re-rendered through ``self.augment``; a loader whose pipeline is built for
+    one size sets ``fixed_size`` (and ``what``, for the message) and refuses any other."""
+
+    epoch = 0
+    fixed_size: int | None = None
+    what = "this loader"
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def set_global_size(self, px: int | None) -> None:
+        if self.fixed_size is not None:
+            refuse_global_size(px, self.fixed_size, self.what)
+        elif px != self.augment.size:
+            self.augment = self.augment.replace(size=px)
+
+    def close(self) -> None:
+        """Stop worker processes or threads (none by default)."""
+
+
 def num_batches(n: int, batch_size: int, drop_last: bool) -> int:
     return n // batch_size if drop_last else (n + batch_size - 1) // batch_size
 

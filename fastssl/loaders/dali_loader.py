@@ -45,10 +45,11 @@ import torch
 
 from data_prep.formats import read_dali_index, require
 
-from ..augment import BLUR_SIGMA, AugmentPolicy, TwoViewAugment
+from ..augment import AugmentPolicy, TwoViewAugment
+from ..colour import BLUR_SIGMA
 from ..data import epoch_seed
-from .common import (as_indices, batches, check_sizes, epoch_order, num_batches, refuse_global_size,
-                     refuse_local_crops, sample_seed, shard_batches)
+from .common import (EpochLoader, as_indices, batches, check_sizes, epoch_order, num_batches, refuse_local_crops,
+                     sample_seed, shard_batches)
 
 _LUMA = (0.299, 0.587, 0.114)
 _BLUR_WINDOW = 13
@@ -159,7 +160,7 @@ class _Feed:
                    [self.labels[i:i + 1] for i in b])
 
 
-class DALILoader:
+class DALILoader(EpochLoader):
     """DALI loader over ``dali-<split>.tar`` (+ ``.idx.npz``) written by data_prep."""
 
     def __init__(self, tar_path, indices, batch_size: int, augment: TwoViewAugment, device, seed: int = 0,
@@ -167,7 +168,8 @@ class DALILoader:
                  world: int = 1, resolution: int = 32):
         _dali()
         refuse_local_crops(augment, "--loader dali")
-        self.size = augment.size or resolution
+        self.size = self.fixed_size = augment.size or resolution
+        self.what = "--loader dali"
         self.rank, self.world = rank, world
         from pathlib import Path
         tar_path = Path(tar_path)
@@ -188,14 +190,6 @@ class DALILoader:
             self.device_id = None
         else:
             raise ValueError(f"--loader dali runs on CPU or CUDA, not {self.device}")
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def set_global_size(self, px: int | None) -> None:
-        """Only the size the pipeline renders (the dataset's resolution) is accepted."""
-        refuse_global_size(px, self.size, "--loader dali")
 
     def __len__(self) -> int:
         return num_batches(len(self.indices), self.batch_size, self.drop_last)
@@ -239,6 +233,3 @@ class DALILoader:
                 yield [self._finish(d["v1"]), self._finish(d["v2"])], d["y"].reshape(-1).to(self.device)
         finally:
             del it, pipe
-
-    def close(self) -> None:
-        pass

@@ -30,7 +30,8 @@ reproducible but differ from a single-process run's.
 
 FFCV pitfalls handled here: batch buffers are reused (labels are copied; views are new tensors),
 an epoch abandoned mid-way is shut down properly (terminate, drain, join) so that the process does
-not hang or abort at exit, ``NUMBA_CACHE_DIR`` defaults to ``<fastssl cache>/numba``, and the
+not hang or abort at exit, ``NUMBA_CACHE_DIR`` defaults to ``<fastssl cache>/numba`` and numba's threading
+layer to OpenMP (``data_prep.numba_env``: its TBB layer can hang the process at exit), and the
 torch thread count that importing ffcv resets to 1 is restored (FFCV then sets it to its worker
 count, which on a CPU device defaults to that same thread count).
 """
@@ -43,28 +44,20 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from data_prep.cache import cache_root
 from data_prep.formats import require
+from data_prep.numba_env import prepare_numba
 
 from ..augment import AugmentPolicy, TwoViewAugment, augment_view
 from ..data import epoch_seed
-from .common import (as_indices, batches, check_sizes, colour_only, epoch_order, finish, refuse_global_size,
+from .common import (EpochLoader, as_indices, batches, check_sizes, colour_only, epoch_order, finish,
                      refuse_local_crops, shard_batches)
 
 CROPS = ("device", "ffcv")
 
-
-def _set_numba_cache() -> None:
-    if "NUMBA_CACHE_DIR" not in os.environ:
-        os.environ["NUMBA_CACHE_DIR"] = str(cache_root() / "numba")
-        import sys
-        if "numba" in sys.modules:  # imported already: make it read the variable again
-            from numba.core import config
-            config.reload_config()
+prepare_numba(cache_dir=False)  # numba's OpenMP threading layer, before anything here starts numba
 
 
 def _ffcv():
-    _set_numba_cache()
     threads = torch.get_num_threads()
     require("ffcv.loader", "--loader ffcv")
     torch.set_num_threads(threads)  # importing ffcv sets torch's thread count to 1: undo that
@@ -86,7 +79,7 @@ def _kernels():
     global _KERNELS
     if _KERNELS is not None:
         return _KERNELS
-    _set_numba_cache()
+    prepare_numba()
     from numba import njit
 
     @njit(cache=True, fastmath=False, nogil=True)
@@ -234,7 +227,7 @@ def _shutdown(it) -> None:
         it.close()
 
 
-class FFCVLoader:
+class FFCVLoader(EpochLoader):
     """FFCV loader over the ``.beton`` at ``path`` (fields ``image``, ``label``)."""
 
     def __init__(self, path, indices, batch_size: int, augment: TwoViewAugment, device, seed: int = 0,
@@ -248,6 +241,8 @@ class FFCVLoader:
             refuse_local_crops(augment, "--loader ffcv with FFCV-side crops")
         # The side FFCV-side crops are cut at (fixed when FFCV compiles the pipeline).
         self.crop_size = augment.size or resolution
+        if crops == "ffcv":  # the operation's output shape is fixed when FFCV compiles the pipeline
+            self.fixed_size, self.what = self.crop_size, "--loader ffcv with FFCV-side crops"
         if world > 1 and (batch_size % world or not drop_last):
             raise ValueError(f"--loader ffcv on {world} ranks needs drop_last and a global batch divisible by "
                              f"{world}, got {batch_size}")
@@ -274,18 +269,6 @@ class FFCVLoader:
         )
         check_sizes(len(self.loader.indices), batch_size, drop_last)
         self.colour = (colour_only(augment.view1), colour_only(augment.view2))
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def set_global_size(self, px: int | None) -> None:
-        """Global views at ``px`` x ``px`` from the next batch on (device crops; FFCV-side crops refuse a
-        size other than the one they were built with)."""
-        if self.crops == "ffcv":
-            refuse_global_size(px, self.crop_size, "--loader ffcv with FFCV-side crops")
-        elif px != self.augment.size:
-            self.augment = self.augment.replace(size=px)
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -310,6 +293,3 @@ class FFCVLoader:
                 yield self._views(images, gen), labels
         finally:
             _shutdown(it)
-
-    def close(self) -> None:
-        pass

@@ -19,7 +19,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..augment import TwoViewAugment
-from .common import as_indices, batches, check_sizes, epoch_order, finish, num_batches, sample_seed, shard_batches
+from .common import (EpochLoader, as_indices, batches, check_sizes, epoch_order, finish, num_batches, sample_seed,
+                     shard_batches)
 
 
 class _Views(Dataset):
@@ -66,7 +67,7 @@ class _EpochBatches:
             yield [(int(i), epoch, self.size) for i in b]
 
 
-class TorchLoader:
+class TorchLoader(EpochLoader):
     """DataLoader baseline. ``workers`` processes (default: all CPU cores, at most 8). Per-sample seeds
     make a rank's shard (``rank``/``world``) identical to those rows of the single-process batch."""
 
@@ -86,16 +87,10 @@ class TorchLoader:
             pin_memory=self.device.type == "cuda", persistent_workers=workers > 0,
             prefetch_factor=prefetch if workers > 0 else None,
         )
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = self.sampler.epoch = epoch
 
     def set_global_size(self, px: int | None) -> None:
-        """Global views at ``px`` x ``px`` from the next batch on (None: the dataset's resolution)."""
-        if px != self.augment.size:
-            self.augment = self.augment.replace(size=px)
-        self.sampler.size = px
+        super().set_global_size(px)
+        self.sampler.size = px  # the workers render batches they are asked for at this size
 
     def __len__(self) -> int:
         return len(self.sampler)

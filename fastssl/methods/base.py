@@ -1,16 +1,70 @@
-"""The method interface and the registry behind ``--method NAME``."""
+"""The method interface, its options, and the registry behind ``--method NAME``."""
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
 _REGISTRY: dict[str, type["Method"]] = {}
+_OPTIONS: dict[str, tuple["Option", str]] = {}  # option name -> (its declaration, the first method declaring it)
+
+
+@dataclass(frozen=True)
+class Option:
+    """One hyper-parameter: a field of ``fastssl.config.Config`` (``cfg.NAME``), a ``--NAME`` flag
+    (underscores become dashes) with ``help``, ``choices`` and ``default`` shown in ``--help``.
+
+    ``type`` is int, float, str or bool (bool: ``--NAME`` / ``--no-NAME``); int and float values must be
+    >= 0, as every numeric option of the command line. ``parse`` replaces ``type`` as the argparse
+    converter for structured values (type tuple, e.g. "LO,HI"), shown as ``metavar``. Option names are global: a
+    method prefixes its own with its name (``dare_lambda``); two methods may declare the same option
+    only identically (type, default, choices); a method sets another value through its ``recipe``."""
+
+    name: str
+    type: type
+    default: Any
+    help: str
+    choices: tuple | None = None
+    parse: Callable[[str], Any] | None = None
+    metavar: str | None = None
+
+    def __post_init__(self):
+        if not self.name.isidentifier():
+            raise ValueError(f"option name {self.name!r} is not a Python identifier")
+        if self.type not in (int, float, str, bool, tuple):
+            raise ValueError(f"option {self.name!r}: type must be int, float, str or bool, got {self.type!r}")
+        if self.type is tuple and self.parse is None:
+            raise ValueError(f"option {self.name!r}: a tuple option needs parse= (how to read it from the command line)")
+        if self.choices is not None:
+            object.__setattr__(self, "choices", tuple(self.choices))
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    def same_as(self, other: "Option") -> bool:
+        return (self.type, self.default, self.choices) == (other.type, other.default, other.choices)
 
 
 def register(name: str):
+    """Class decorator: ``@register("mymethod")`` makes the class ``--method mymethod`` and adds its
+    ``options``. Raises ValueError for a name taken twice or an option that clashes with another method's."""
     def add(cls):
         if name in _REGISTRY:
             raise ValueError(f"method {name!r} registered twice")
+        for opt in cls.options:
+            if not isinstance(opt, Option):
+                raise ValueError(f"method {name!r}: options must be Option(...) entries, got {opt!r}")
+            seen = _OPTIONS.get(opt.name)
+            if seen is not None and not seen[0].same_as(opt):
+                raise ValueError(
+                    f"option {opt.name!r} of method {name!r} ({opt.type.__name__}, default {opt.default!r}, choices "
+                    f"{opt.choices}) differs from method {seen[1]!r}'s ({seen[0].type.__name__}, default "
+                    f"{seen[0].default!r}, choices {seen[0].choices}): declare it identically or rename it")
+        for opt in cls.options:
+            _OPTIONS.setdefault(opt.name, (opt, name))
         cls.name = name
         _REGISTRY[name] = cls
         return cls
@@ -27,12 +81,20 @@ def get_method(name: str) -> type["Method"]:
     return _REGISTRY[name]
 
 
-class Method(nn.Module):
-    """Encoder + heads + loss. Subclasses set ``recipe`` and implement ``forward``.
+def method_options() -> dict[str, tuple[Option, str]]:
+    """Every registered method's options: name -> (Option, the first method that declares it)."""
+    return dict(_OPTIONS)
 
-    ``recipe`` holds the method's default hyper-parameters (optimizer, lr per 256 images, weight
-    decay, temperature, projector sizes, augmentation policy, ...); a value given on the command
-    line overrides it. ``forward(views, labels)`` returns {"loss": scalar, ...other scalars}.
+
+class Method(nn.Module):
+    """Encoder + heads + loss. Subclasses declare ``options``, set ``recipe`` and implement ``forward``.
+
+    ``options`` are the method's own hyper-parameters (``Option`` entries): each becomes ``cfg.NAME`` and
+    a ``--NAME`` flag. ``recipe`` holds the method's values for global options (optimizer, lr per 256
+    images, weight decay, temperature, projector sizes, augmentation policy, ...) and may set its own
+    options too; a value given on the command line overrides it. ``recipes`` holds the method's own
+    ``--recipe NAME`` override sets (a name absent there takes ``config.RECIPES[NAME]``).
+    ``forward(views, labels)`` returns {"loss": scalar, ...other scalars}.
 
     ``views`` is a list of (n, C, H, W) batches of the same n images: views[0] and views[1] are the two
     global crops, views[2:] optional smaller local crops (multi-crop). With exactly two views every
@@ -41,7 +103,9 @@ class Method(nn.Module):
 
     name = "?"
     uses_labels = False  # supervised methods (SupCon, Triplet) receive the labels
+    options: tuple[Option, ...] = ()
     recipe: dict = {}
+    recipes: dict[str, dict] = {}
     # Overrides of the CPU ``--fast`` preset (``config.FAST_PRESETS["cpu"]``) for methods that need
     # another short-schedule setting to learn in ~400 steps; each method documents why.
     fast_cpu: dict = {}

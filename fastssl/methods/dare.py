@@ -17,14 +17,18 @@ reparameterised with its own noise. V = 2 is the formula above.
 from .. import dispatch
 
 from ..models import GaussianHead
-from .base import Method, cross_pairs, register
+from .base import Method, Option, cross_pairs, register
 
 
 @register("dare")
 class DARe(Method):
+    options = (
+        Option("dare_lambda", float, 0.1, "DARe: weight of the Gaussian JSD term"),
+        Option("dare_variant", str, "decoupled", "DARe: contrastive loss on the samples",
+               choices=("decoupled", "simclr")),
+    )
     recipe = dict(optimizer="lars", lr=0.4, weight_decay=1e-5, temperature=0.2,
-                  proj_hidden=2048, proj_dim=256, aug="default",
-                  dare_lambda=0.1, dare_variant="decoupled")
+                  proj_hidden=2048, proj_dim=256, aug="default")
     # CPU --fast (400 steps): the JSD grows as d * (mu/sigma)^2, so with a small initial sigma lambda 0.1
     # dominates a short run. Measured kNN gains (single-thread tuning runs, same seed): logvar_init -2 with
     # lambda 0.1: +5.4; -2 with 0.02: +9.2; -3 with 0.02: +10.2 (logvar_init 0 with 0.1: +1.2).

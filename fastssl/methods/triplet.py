@@ -15,14 +15,17 @@ import torch
 
 from .. import distributed, losses
 from ..models import mlp
-from .base import Method, register
+from .base import Method, Option, register
 
 
 @register("triplet")
 class Triplet(Method):
     uses_labels = True
-    recipe = dict(optimizer="sgd", lr=0.4, weight_decay=1e-5, proj_hidden=2048, proj_dim=256, aug="default",
-                  triplet_margin=0.2, triplet_mining="semihard")
+    options = (
+        Option("triplet_margin", float, 0.2, "Triplet: margin m on squared distances of L2-normalised embeddings"),
+        Option("triplet_mining", str, "semihard", "Triplet: negative mining", choices=("semihard", "batch_hard")),
+    )
+    recipe = dict(optimizer="sgd", lr=0.4, weight_decay=1e-5, proj_hidden=2048, proj_dim=256, aug="default")
 
     def __init__(self, encoder, cfg):
         super().__init__(encoder, cfg)
