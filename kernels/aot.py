@@ -1,10 +1,11 @@
 """Ahead-of-time compilation of every kernel for a GPU target, without a GPU.
 
 The Triton interpreter accepts programs that the GPU compiler rejects (shapes under 16 for ``tl.dot``,
-some dtype mixes, ...), so CPU-only tests also compile each kernel for sm_90 (H100) through the real
-compiler pipeline (TTIR -> TTGIR -> LLVM -> PTX -> cubin with the bundled ptxas) and inspect the result.
+some dtype mixes, ...), so CPU-only tests also compile each kernel for a target (``kernels.launch.TARGETS``:
+sm_80, sm_86, sm_89, sm_90) through the real compiler pipeline (TTIR -> TTGIR -> LLVM -> PTX -> cubin with the
+bundled ptxas) and inspect the result.
 
-    python -m kernels.aot            # prints a table: PTX/cubin sizes, registers, spills, wgmma use
+    python -m kernels.aot [sm_90]    # prints a table: PTX/cubin sizes, registers, spills, wgmma use
 """
 from __future__ import annotations
 
@@ -13,9 +14,12 @@ import re
 import subprocess
 import tempfile
 
+import sys
+
 import torch
 
-from kernels import contrastive, dare
+from kernels import contrastive_kernels, dare, launch
+from kernels.contrastive import VARIANTS
 
 _DTYPE_STR = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
@@ -38,11 +42,11 @@ def contrastive_kernel_spec(which: str, dtype: torch.dtype, variant: str, allow_
     t = _DTYPE_STR[dtype]
     pointers = dict(U=f"*{t}", LABELS="*i64", LOSS="*fp32", LSE="*fp32", NPOS="*fp32", GRAD="*fp32", DU="*fp32",
                     PART="*fp32")
-    kernel = dict(fwd=contrastive._contrastive_fwd_kernel, bwd=contrastive._contrastive_bwd_kernel,
-                  combine=contrastive._contrastive_combine_kernel)[which]
-    const = dict(VARIANT=contrastive.VARIANTS[variant], **{k: v for k, v in cfg.items() if k.startswith("BLOCK_")})
+    kernel = dict(fwd=contrastive_kernels._contrastive_fwd_kernel, bwd=contrastive_kernels._contrastive_bwd_kernel,
+                  combine=contrastive_kernels._contrastive_combine_kernel)[which]
+    const = dict(VARIANT=VARIANTS[variant], **{k: v for k, v in cfg.items() if k.startswith("BLOCK_")})
     if which != "combine":
-        const["PRECISION"] = contrastive._precision(dtype, allow_tf32)
+        const["PRECISION"] = launch.precision(dtype, allow_tf32)
     if which == "fwd":
         const["SPLIT"] = splits > 1
     options = dict(num_warps=cfg["num_warps"], num_stages=cfg.get("num_stages", 2))
@@ -50,17 +54,17 @@ def contrastive_kernel_spec(which: str, dtype: torch.dtype, variant: str, allow_
 
 
 def contrastive_specs(dtype: torch.dtype, d: int = 128, variant: str = "simclr", allow_tf32: bool = False,
-                      two_n: int = 65536, sms: int = contrastive.AOT_SM_COUNT):
+                      two_n: int = 65536, target: launch.Target = launch.DEFAULT_TARGET):
     """Specs of every kernel the forward and backward launch for inputs of ``dtype``, width ``d`` and batch
-    2N = ``two_n`` on a GPU with ``sms`` SMs (the combine kernel too when the forward splits its columns)."""
+    2N = ``two_n`` on ``target`` (the combine kernel too when the forward splits its columns)."""
     specs = []
     for backward in (False, True):
-        cfg, splits, _ = contrastive.launch_plan(two_n, two_n, d, dtype, allow_tf32, interpret=False,
-                                                 backward=backward, sms=sms)
+        cfg, splits, _ = launch.launch_plan(two_n, two_n, d, dtype, allow_tf32, interpret=False,
+                                            backward=backward, target=target)
         specs.append(contrastive_kernel_spec("bwd" if backward else "fwd", dtype, variant, allow_tf32, cfg, splits))
         if not backward and splits > 1:
             specs.append(contrastive_kernel_spec("combine", dtype, variant, allow_tf32,
-                                                 contrastive.combine_config(splits)))
+                                                 launch.combine_config(splits)))
     return specs
 
 
@@ -118,23 +122,25 @@ def compile_spec(kernel, signature, constexprs, options, arch: int = 90) -> dict
     return info
 
 
-def all_specs():
+def all_specs(target: launch.Target = launch.DEFAULT_TARGET):
     specs = []
     for dtype in (torch.float32, torch.bfloat16):
         for d in (128, 256):
-            specs += contrastive_specs(dtype, d=d, variant="supcon")
+            specs += contrastive_specs(dtype, d=d, variant="supcon", target=target)
         specs += dare_specs(dtype)
-    specs += contrastive_specs(torch.float32, d=128, variant="simclr", allow_tf32=True)
+    specs += contrastive_specs(torch.float32, d=128, variant="simclr", allow_tf32=True, target=target)
     return specs
 
 
-def main() -> None:
+def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    target = launch.TARGETS[argv[0]] if argv else launch.DEFAULT_TARGET
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     print("| kernel | dtype | fp32 dot precision | BLOCK_M x BLOCK_N x BLOCK_D | warps | PTX KB | cubin KB | regs | spill B "
           "| smem KB | wgmma |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for spec in all_specs():
-        r = compile_spec(*spec)
+    for spec in all_specs(target):
+        r = compile_spec(*spec, arch=target.arch)
         c = r["constexprs"]
         blocks = (f"{c.get('BLOCK_M')} x {c.get('BLOCK_N')} x {c.get('BLOCK_D')} (k {c.get('BLOCK_K')})" if "BLOCK_M" in c
                   else f"{c.get('BLOCK_R')} rows x {c.get('BLOCK_D')}")
