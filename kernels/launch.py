@@ -205,10 +205,11 @@ def launch_config(d: int, dtype: torch.dtype, allow_tf32: bool, interpret: bool,
         cfg["BLOCK_DV"] = block_dv
     if not interpret and _block_override is None:
         target = target or device_target()
-        if target.arch < 90:
+        if target.arch < 90 and block_k == block_d:
             # before Hopper tl.dot's row-block operand lives in registers (mma.sync; wgmma reads it from shared
-            # memory): 128-row blocks at d = 128 spilled on sm_86 (AOT table), 64 rows do not
-            cfg["BLOCK_M"] = min(cfg["BLOCK_M"], 64)
+            # memory): at most 64 x 128 elements of it (AOT tables: 128 x 128 spilled on sm_86, 64 x 256 in the
+            # split bf16 forward on sm_80; 32 x 256 leaves ~40 registers to spare)
+            cfg["BLOCK_M"] = min(cfg["BLOCK_M"], max(16, 8192 // block_d))
         cfg = fit_shared_memory(cfg, dtype, backward, target)
     return cfg
 

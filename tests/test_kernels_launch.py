@@ -35,25 +35,26 @@ def test_launch_configs_cover_every_width_and_fit_the_target(name):
                 assert kl.fits(c, dtype, backward, target), (name, dtype, tf32, d, backward, c)
 
 
-def test_h100_tiles_are_the_base_tiles_and_small_targets_shrink():
-    """sm_90 keeps the tiles its AOT table was tuned with; the 99 KB parts get smaller tiles where those would
-    not fit (fp32 with tf32 at d = 256 holds a 64 KB row block), the 163 KB A100 only in the d = 256 backward."""
+def test_h100_tiles_are_the_base_tiles_and_smaller_parts_get_smaller_tiles():
+    """sm_90 keeps the tiles its AOT table was tuned with. Before Hopper the row block a dot holds in registers
+    is at most 64 x 128 elements; beyond that only shared memory shrinks tiles: the 163 KB A100 keeps the rest of
+    the d = 256 tf32 backward's tiles, the 99 KB parts get narrower column tiles."""
     sm90, sm86, sm80 = kl.TARGETS["sm_90"], kl.TARGETS["sm_86"], kl.TARGETS["sm_80"]
-    base = kl.launch_config(256, torch.float32, True, interpret=False, target=sm90)
-    assert (base["BLOCK_M"], base["BLOCK_N"]) == (64, 32)
-    assert kl.shared_bytes(base, torch.float32, False) > sm86.smem_per_block
-    small = kl.launch_config(256, torch.float32, True, interpret=False, target=sm86)
-    assert small["BLOCK_N"] < base["BLOCK_N"] and kl.fits(small, torch.float32, False, sm86)
-    assert kl.launch_config(256, torch.float32, True, interpret=False, target=sm80) == base
-    bwd80 = kl.launch_config(256, torch.float32, True, interpret=False, backward=True, target=sm80)
-    bwd90 = kl.launch_config(256, torch.float32, True, interpret=False, backward=True, target=sm90)
-    assert bwd80["BLOCK_N"] < bwd90["BLOCK_N"]
-    for d in (64, 128):  # bf16 fits everywhere; before Hopper in row blocks of at most 64 (mma.sync registers)
-        hopper = kl.launch_config(d, torch.bfloat16, False, interpret=False, target=sm90)
-        assert hopper["BLOCK_M"] == 128
+    for backward in (False, True):
+        base = kl.launch_config(256, torch.float32, True, interpret=False, backward=backward, target=sm90)
+        assert (base["BLOCK_M"], base["BLOCK_N"]) == (64, 32)
+        a100 = kl.launch_config(256, torch.float32, True, interpret=False, backward=backward, target=sm80)
+        assert a100 == dict(base, BLOCK_M=32)
+        rtx = kl.launch_config(256, torch.float32, True, interpret=False, backward=backward, target=sm86)
+        assert rtx["BLOCK_M"] == 32 and rtx["BLOCK_N"] == (16 if backward else 32)
+        assert not kl.fits(a100, torch.float32, backward, sm86) if backward else kl.fits(a100, torch.float32,
+                                                                                          backward, sm86)
+    for d in (64, 128, 256):
         for target in kl.TARGETS.values():
-            got = kl.launch_config(d, torch.bfloat16, False, interpret=False, target=target)
-            assert got == (hopper if target.arch >= 90 else dict(hopper, BLOCK_M=64))
+            for backward in (False, True):
+                c = kl.launch_config(d, torch.bfloat16, False, interpret=False, backward=backward, target=target)
+                if target.arch < 90:
+                    assert c["BLOCK_M"] * c["BLOCK_D"] <= 64 * 128, (target.name, d, c)
 
 
 def test_fit_refuses_when_nothing_fits():
