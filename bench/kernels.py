@@ -55,7 +55,7 @@ RESULTS = ROOT / "bench" / "results"
 PRECISIONS = {"tf32": (torch.float32, True), "ieee": (torch.float32, False), "bf16": (torch.bfloat16, False),
               "fp16": (torch.float16, False)}
 TRAINING_PRECISIONS = ["tf32", "bf16"]
-VARIANTS = ("simclr", "decoupled", "supcon")
+VARIANTS = ("simclr", "decoupled", "supcon", "cross")  # cross: MoCo v3's query-key loss, 2N/2 queries vs as many keys
 # What training runs (fastssl's defaults on a GPU: projector output d = 256, batch 512 -> 2N = 1024, fp32 embeddings
 # with tf32 matmuls; DARe uses the decoupled variant, SimCLR NT-Xent): measured first, and alone with
 # --training-config. (precision, variant, d, 2N)
@@ -94,6 +94,9 @@ def parse_args(argv=None):
 # ---- implementations -----------------------------------------------------------------------------
 
 def reference_loss(variant, temperature):
+    if variant == "cross":  # the keys are momentum features without gradient, as in MoCo v3
+        from fastssl.dispatch import cross_contrastive_reference
+        return lambda q, k, labels: cross_contrastive_reference(q, k.detach(), temperature)
     if variant == "supcon":
         return lambda z1, z2, labels: losses.supcon_loss(z1, z2, labels, temperature)
     return lambda z1, z2, labels: losses.ntxent_loss(z1, z2, temperature, variant=variant)
@@ -101,6 +104,9 @@ def reference_loss(variant, temperature):
 
 def fused_loss(variant, temperature, allow_tf32):
     from kernels.contrastive import fused_contrastive_loss
+    if variant == "cross":
+        from kernels.cross import fused_cross_contrastive_loss
+        return lambda q, k, labels: fused_cross_contrastive_loss(q, k.detach(), temperature, allow_tf32=allow_tf32)
     if variant == "supcon":
         return lambda z1, z2, labels: fused_contrastive_loss(z1, z2, temperature, labels=labels,
                                                              allow_tf32=allow_tf32)
@@ -203,7 +209,7 @@ def implementations(args, variant: str, tf32: bool) -> dict:
     if not args.no_compile:
         impls["compile"] = "per-shape"
     impls["fused"] = fused_loss(variant, args.temperature, tf32)
-    if not args.no_unsplit:
+    if not args.no_unsplit and variant != "cross":  # the cross kernels do not split columns
         impls["fused-unsplit"] = impls["fused"]  # measured under unsplit()
     if not args.no_peers:
         impls["lightly"] = lightly_loss(variant, args.temperature)
@@ -245,7 +251,7 @@ def contrastive_rows(args, writer: RowWriter, measure=measure_loss) -> None:
                 with unsplit() if name == "fused-unsplit" else contextlib.nullcontext():
                     result = measure(fn, *make_inputs(), args.rep)
                 if name.startswith("fused"):
-                    result["splits"] = _planned_splits(two_n, d, dtype, tf32, name)
+                    result["splits"] = _planned_splits(two_n, d, dtype, tf32, name, variant)
                 return result
             writer.run(row, run)
             print(f"  {precision} {variant} 2N={two_n:6d} d={d:4d} {name:13s} "
@@ -256,9 +262,9 @@ def contrastive_rows(args, writer: RowWriter, measure=measure_loss) -> None:
             torch.cuda.empty_cache()
 
 
-def _planned_splits(two_n, d, dtype, tf32, name) -> list:
+def _planned_splits(two_n, d, dtype, tf32, name, variant) -> list:
     """Column splits of the (forward, backward) launches on this device."""
-    if name == "fused-unsplit":
+    if name == "fused-unsplit" or variant == "cross":
         return [1, 1]
     from kernels.launch import launch_plan
     return [launch_plan(two_n, two_n, d, dtype, tf32, interpret=False, backward=b)[1] for b in (False, True)]

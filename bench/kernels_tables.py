@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 PRECISION_ORDER = ("tf32", "ieee", "bf16", "fp16")
-VARIANT_ORDER = ("simclr", "decoupled", "supcon")
+VARIANT_ORDER = ("simclr", "decoupled", "supcon", "cross")
 IMPLS = ("eager", "compile", "fused", "fused-unsplit", "lightly")
 
 

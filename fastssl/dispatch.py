@@ -106,7 +106,18 @@ def _probe_dare(device, dtype, n, d) -> None:
         raise RuntimeError(f"non-finite probe JSD {jsd.item()}")
 
 
-_PROBES = {"contrastive": _probe_contrastive, "DARe": _probe_dare}
+def _probe_cross(device, dtype, n, m, d, allow_tf32) -> None:
+    from kernels.cross import fused_cross_contrastive_loss
+    gen = torch.Generator(device=device).manual_seed(0)
+    q = torch.randn(n, d, device=device, generator=gen).to(dtype).requires_grad_()
+    k = torch.randn(m, d, device=device, generator=gen).to(dtype)
+    loss = fused_cross_contrastive_loss(q, k, 0.5, allow_tf32=allow_tf32)
+    loss.backward()
+    if not torch.isfinite(loss).item():
+        raise RuntimeError(f"non-finite probe loss {loss.item()}")
+
+
+_PROBES = {"contrastive": _probe_contrastive, "DARe": _probe_dare, "cross contrastive": _probe_cross}
 
 
 _probed: dict = {}
@@ -151,6 +162,34 @@ def contrastive_loss(z1, z2, temperature, labels=None, variant="simclr", backend
     if labels is not None:
         return losses.supcon_loss(z1, z2, labels, temperature)
     return losses.ntxent_loss(z1, z2, temperature, variant=variant)
+
+
+def cross_contrastive_reference(q, k, temperature, pos_offset=0):
+    """cross_entropy(normalize(q) normalize(k)^T / tau, pos_offset + arange(n)): MoCo v3's ctr without its 2 tau."""
+    logits = torch.nn.functional.normalize(q, dim=1) @ torch.nn.functional.normalize(k, dim=1).T / temperature
+    return torch.nn.functional.cross_entropy(logits.float(), torch.arange(q.shape[0], device=q.device) + pos_offset)
+
+
+def cross_contrastive(q, k, temperature, backend="torch"):
+    """MoCo v3's query-key contrastive loss: cross-entropy of normalize(q) normalize(k)^T / tau with each query's
+    own key as the target (the diagonal), averaged over the queries; fp32 scalar. Gradients flow to q, and to k
+    only if it requires them (MoCo v3 passes momentum keys without). Multiply by 2 tau for MoCo v3's ctr.
+
+    In a process group of K > 1 ranks the keys are gathered (without gradient: k gets none there) and this rank's
+    queries are scored against all K n keys, the positive of query i being key rank * n + i; the mean over this
+    rank's queries, whose mean over ranks is the loss of the global batch."""
+    _check_backend(backend)
+    pos_offset = 0
+    if distributed.enabled():
+        pos_offset = distributed.rank() * q.shape[0]
+        k = distributed.all_gather_nograd(k.detach())
+    if backend == "triton":
+        check_runnable(q, k)
+        if _fused_usable("cross contrastive", str(q.device), q.dtype, int(q.shape[0]), int(k.shape[0]),
+                         int(q.shape[1]), _tf32_allowed()):
+            from kernels.cross import fused_cross_contrastive_loss
+            return fused_cross_contrastive_loss(q, k, temperature, pos_offset=pos_offset, allow_tf32=_tf32_allowed())
+    return cross_contrastive_reference(q, k, temperature, pos_offset)
 
 
 def multiview_contrastive_loss(zs, temperature, labels=None, backend="torch"):

@@ -68,6 +68,31 @@ def contrastive_specs(dtype: torch.dtype, d: int = 128, variant: str = "simclr",
     return specs
 
 
+def cross_specs(dtype: torch.dtype, d: int = 256, allow_tf32: bool = False, n: int = 512, m: int = 512,
+                target: launch.Target = launch.DEFAULT_TARGET):
+    """Specs of the cross (query-key) forward and backward (one binary serves queries and keys per KEY_SIDE) for
+    n queries against m keys on ``target``."""
+    from kernels import cross_kernels
+    t = _DTYPE_STR[dtype]
+    pointers = dict(W=f"*{t}", LOSS="*fp32", LSE="*fp32", GRAD="*fp32", DW="*fp32")
+    scalars = dict(n="i32", m="i32", pos_off="i32", d="i32", stride_w="i32", inv_tau="fp32", own_lo="i32",
+                   n_own="i32", oth_lo="i32", n_oth="i32", partner_shift="i32", stride_dw="i32")
+    specs = []
+    for kernel, key_side, rows, cols in ((cross_kernels._cross_fwd_kernel, None, n, m),
+                                         (cross_kernels._cross_bwd_kernel, False, n, m),
+                                         (cross_kernels._cross_bwd_kernel, True, m, n)):
+        backward = key_side is not None
+        cfg = launch.launch_plan(rows, cols, d, dtype, allow_tf32, interpret=False, backward=backward, target=target,
+                                 splittable=False)[0]
+        const = dict(PRECISION=launch.precision(dtype, allow_tf32), **{k: v for k, v in cfg.items()
+                                                                       if k.startswith("BLOCK_")})
+        if backward:
+            const["KEY_SIDE"] = key_side
+        options = dict(num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+        specs.append((kernel, _signature(kernel, pointers, scalars), const, options))
+    return specs
+
+
 def dare_specs(dtype: torch.dtype, d: int = 128, n: int = 512, has_eps: bool = False):
     cfg = dare.launch_config(n, d, interpret=False)
     t = _DTYPE_STR[dtype]

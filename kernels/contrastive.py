@@ -67,14 +67,17 @@ _NORM_EPS = 1e-12  # F.normalize's default eps
 _SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
+def _check_dtypes_and_temperature(a: torch.Tensor, b: torch.Tensor, temperature: float, what: str) -> None:
+    if a.dtype != b.dtype or a.dtype not in _SUPPORTED_DTYPES:
+        raise TypeError(f"{what} supports float32/bfloat16/float16 inputs of one dtype, got {a.dtype} and {b.dtype}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+
+
 def _check_inputs(z1, z2, labels, temperature, variant) -> None:
     if z1.dim() != 2 or z1.shape != z2.shape:
         raise ValueError(f"z1 and z2 must be (N, d) of one shape, got {tuple(z1.shape)} and {tuple(z2.shape)}")
-    if z1.dtype != z2.dtype or z1.dtype not in _SUPPORTED_DTYPES:
-        raise TypeError(f"fused contrastive loss supports float32/bfloat16/float16 inputs of one dtype, "
-                        f"got {z1.dtype} and {z2.dtype}")
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+    _check_dtypes_and_temperature(z1, z2, temperature, "fused contrastive loss")
     n, d = z1.shape
     if n < 1 or d < 1:
         raise ValueError(f"need N >= 1 and d >= 1, got {tuple(z1.shape)}")

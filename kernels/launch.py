@@ -226,12 +226,14 @@ def num_splits(row_programs: int, n_cols: int, block_n: int, sms: int) -> int:
 
 
 def launch_plan(m_local: int, n_cols: int, d: int, dtype: torch.dtype, allow_tf32: bool, interpret: bool,
-                backward: bool = False, target: Optional[Target] = None) -> tuple[dict, int, tuple]:
+                backward: bool = False, target: Optional[Target] = None,
+                splittable: bool = True) -> tuple[dict, int, tuple]:
     """(config, splits, grid) of the forward (or backward) launch over ``m_local`` rows and ``n_cols`` columns.
 
     On a GPU, a batch too small to fill the target's SMs twice first gets smaller row blocks (BLOCK_M down to
     64, still a full wgmma tile) and column tiles (BLOCK_N down to 32), then column splits (``num_splits``).
-    Forward grid (row blocks, splits); backward grid (row blocks, d slices, splits).
+    Forward grid (row blocks, splits); backward grid (row blocks, d slices, splits). ``splittable=False``: kernels
+    without column splits (the cross variant) get 1 split whatever ``column_splits`` says.
     """
     if target is None:
         target = INTERPRETER_TARGET if interpret else device_target()
@@ -246,7 +248,7 @@ def launch_plan(m_local: int, n_cols: int, d: int, dtype: torch.dtype, allow_tf3
         while cfg["BLOCK_N"] > 32 and most_programs() < 2 * sms:
             cfg["BLOCK_N"] //= 2
     row_blocks = triton.cdiv(m_local, cfg["BLOCK_M"])
-    splits = _split_override or num_splits(row_blocks * dv_programs, n_cols, cfg["BLOCK_N"], sms)
+    splits = (_split_override or num_splits(row_blocks * dv_programs, n_cols, cfg["BLOCK_N"], sms)) if splittable else 1
     grid = (row_blocks, dv_programs, splits) if backward else (row_blocks, splits)
     return cfg, splits, grid
 
