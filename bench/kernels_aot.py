@@ -6,8 +6,8 @@ launch there, with registers, spills and shared memory.
     python bench/kernels_aot.py --target sm_90 --matrix training --jobs 8 --out /tmp/aot.json
 
 No GPU needed: each kernel goes through Triton's real compiler for ``GPUTarget("cuda", arch, 32)`` (ptxas ships
-with triton) and the bundled cuobjdump reports registers, spill (stack) bytes and static shared memory; the
-dynamic shared memory comes from Triton's metadata. Launches are planned for the target's profile
+with triton): ``ptxas -v`` reports spill stores, the bundled cuobjdump registers, stack bytes (spills and local
+arrays) and static shared memory; the dynamic shared memory comes from Triton's metadata. Launches are planned for the target's profile
 (``kernels.launch.TARGETS``: SM count and shared memory per block) by the same ``launch_plan`` the kernels use on
 such a GPU, so the grids below are the grids it gets. Needs only torch, triton and this repository (it runs
 under any supported stack, e.g. torch 2.11 + Triton 3.6); the file name carries the target and Triton's
@@ -140,8 +140,9 @@ def configurations(target: launch.Target = launch.DEFAULT_TARGET, matrix: str = 
 def compile_one(desc, arch: int = 90) -> dict:
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # triton >= 3.9 warns when unset; 3.6 fuses by default
     info = aot.compile_spec(*build_spec(desc), arch=arch)
-    keep = ("kernel", "dtype", "registers", "stack_bytes", "local_bytes", "static_shared", "dynamic_shared",
-            "wgmma", "mma_sync", "ptx_bytes", "cubin_bytes", "options")
+    keep = ("kernel", "dtype", "registers", "stack_bytes", "local_bytes", "spill_stores", "spill_loads",
+            "stack_frame", "ptxas_registers", "static_shared", "dynamic_shared", "wgmma", "mma_sync", "ptx_bytes", "cubin_bytes",
+            "options")
     out = {k: info[k] for k in keep if k in info}
     out["constexprs"] = {k: (v if isinstance(v, (int, float, str, bool)) else str(v))
                          for k, v in info["constexprs"].items()}
@@ -181,7 +182,9 @@ def build(target: launch.Target = launch.DEFAULT_TARGET, matrix: str = "full", j
         used = [compiles[b] for rec in row["launches"].values() for b in rec["binaries"]]
         ok = [c for c in used if "error" not in c]
         row["registers"] = max((c.get("registers", -1) for c in ok), default=None)
-        row["spill_bytes"] = max((c.get("stack_bytes", -1) for c in ok), default=None)
+        # ptxas's spill stores; cuobjdump's stack (spills and local arrays) where ptxas gave no report
+        row["spill_bytes"] = max((c.get("spill_stores", c.get("stack_bytes", -1)) for c in ok), default=None)
+        row["stack_bytes"] = max((c.get("stack_bytes", -1) for c in ok), default=None)
         row["shared_bytes"] = max((c.get("dynamic_shared", 0) + c.get("static_shared", 0) for c in ok), default=None)
         row["errors"] = sorted({c["error"] for c in used if "error" in c})
     return dict(target=target.name, arch=target.arch, sm_count=target.sms, smem_per_block=target.smem_per_block,
@@ -210,13 +213,15 @@ def markdown(record: dict) -> str:
              f"{max((r['spill_bytes'] for r in ok), default=0)} spill bytes, "
              f"{max((r['shared_bytes'] for r in ok), default=0) / 1024:.1f} KB shared memory; "
              f"{sum(bool(r['errors']) for r in record['rows'])} configurations with errors.", "",
-             "Per configuration: the most registers / spill (stack) bytes / shared memory over the binaries its "
+             "Per configuration: the most registers / spill bytes (ptxas's spill stores) / stack bytes (cuobjdump: "
+             "spills and local arrays) / shared memory over the binaries its "
              f"launches use at 2N in {{{', '.join(map(str, sizes))}}}, and the CTAs each launch has (`s` = column "
              f"splits, combined by a small extra kernel in the forward). `local` = the local-rows mode with "
              f"{record['local_world']} ranks (2N/{record['local_world']} rows against all 2N columns). Targets: "
              + ", ".join(f"2N = {k}: >= {v} CTAs" for k, v in record["cta_targets"].items()) + ".", ""]
     head = ["kernel", "input", "d", "variant", "pass", "mode"] + [f"CTAs 2N={s}" for s in sizes] \
-        + ["blocks M x N x D x K [x DV], warps, stages (2N=65536)", "regs", "spill B", "smem KB", "errors"]
+        + ["blocks M x N x D x K [x DV], warps, stages (2N=65536)", "regs", "spill B", "stack B", "smem KB",
+           "errors"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in record["rows"]:
         cells = [r["kind"], r["precision"], str(r["d"]), r["variant"], r["pass_"], r["mode"]]
@@ -226,7 +231,7 @@ def markdown(record: dict) -> str:
         big = r["launches"][str(sizes[-1])]
         cells.append(" x ".join(str(v) for v in big["blocks"].values()) + f", {big['num_warps']}w"
                      + (f", {big['num_stages']}s" if "num_stages" in big else ""))
-        cells += [str(r["registers"]), str(r["spill_bytes"]),
+        cells += [str(r["registers"]), str(r["spill_bytes"]), str(r.get("stack_bytes", "?")),
                   f"{r['shared_bytes'] / 1024:.0f}" if r["shared_bytes"] is not None else "?",
                   "; ".join(r["errors"]) or ""]
         lines.append("| " + " | ".join(cells) + " |")

@@ -111,7 +111,8 @@ def dare_specs(dtype: torch.dtype, d: int = 128, n: int = 512, has_eps: bool = F
 
 
 def _resource_usage(cubin: bytes) -> dict:
-    """Registers / stack (spill) bytes per thread from the bundled cuobjdump; {} when unavailable."""
+    """Registers / stack bytes (local memory: spills and local arrays) per thread from the bundled cuobjdump;
+    {} when unavailable."""
     import triton
     tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     if not os.path.exists(tool):
@@ -125,6 +126,37 @@ def _resource_usage(cubin: bytes) -> dict:
         return {}
     reg, stack, shared, local = map(int, found.groups())
     return dict(registers=reg, stack_bytes=stack, static_shared=shared, local_bytes=local)
+
+
+def _ptxas_report(ptx: str, arch: int) -> dict:
+    """Registers, spill stores / loads and the stack frame (bytes per thread) from ``ptxas -v`` run on the PTX the
+    way this Triton runs it (its ptxas for the arch, -lineinfo, and --regAllocOptLevel=2 where Triton passes it),
+    so ``ptxas_registers`` equals the cubin's registers; {} when ptxas cannot be run. cuobjdump's STACK counts
+    every local array too, e.g. the 28-byte buffer of libdevice's sin/cos range reduction that ``tl.randn``
+    brings in under Triton 3.6 (a slow path its angles never take): spills are read from ptxas itself."""
+    import inspect
+
+    from triton.backends.nvidia import compiler as nv
+    try:
+        tool = nv.get_ptxas(arch).path
+        flags = ["-lineinfo", "-v"]
+        if "regAllocOptLevel" in inspect.getsource(nv.CUDABackend.make_cubin):
+            flags.append("--regAllocOptLevel=2")
+        gpu = nv.sm_arch_from_capability(arch)
+    except Exception:  # noqa: BLE001 - another Triton layout: no report rather than a wrong one
+        return {}
+    with tempfile.TemporaryDirectory() as folder:
+        src = os.path.join(folder, "k.ptx")
+        with open(src, "w") as f:
+            f.write(ptx)
+        run = subprocess.run([tool, *flags, f"--gpu-name={gpu}", src, "-o", os.path.join(folder, "k.o")],
+                             capture_output=True, text=True)
+    found = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", run.stderr)
+    regs = re.search(r"Used (\d+) registers", run.stderr)
+    if run.returncode != 0 or not found or not regs:
+        return {}
+    stack, stores, loads = map(int, found.groups())
+    return dict(stack_frame=stack, spill_stores=stores, spill_loads=loads, ptxas_registers=int(regs.group(1)))
 
 
 def compile_spec(kernel, signature, constexprs, options, arch: int = 90) -> dict:
@@ -144,6 +176,7 @@ def compile_spec(kernel, signature, constexprs, options, arch: int = 90) -> dict
                 wgmma="wgmma" in ptx, mma_sync="mma.sync" in ptx,
                 dynamic_shared=compiled.metadata.shared)
     info.update(_resource_usage(compiled.asm["cubin"]))
+    info.update(_ptxas_report(ptx, arch))
     return info
 
 

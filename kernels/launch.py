@@ -205,6 +205,8 @@ def launch_config(d: int, dtype: torch.dtype, allow_tf32: bool, interpret: bool,
         cfg["BLOCK_DV"] = block_dv
     if not interpret and _block_override is None:
         target = target or device_target()
+        if target.arch >= 90 and kind == "half" and block_d == 128 and not backward:
+            cfg["BLOCK_N"] = 32  # 128 x 64 made Triton 3.6 spill 24 bytes (SupCon forward at 255 registers)
         if target.arch < 90 and block_k == block_d:
             # before Hopper tl.dot's row-block operand lives in registers (mma.sync; wgmma reads it from shared
             # memory): at most 64 x 128 elements of it (AOT tables: 128 x 128 spilled on sm_86, 64 x 256 in the
