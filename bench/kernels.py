@@ -17,9 +17,12 @@ split heuristic from measurements; its ``splits`` field says what the plan chose
 ``NTXentLoss``, the eager peer baseline, simclr only, when the optional ``[peers]`` extra is installed).
 DARe reparameterisation + JSD: eager vs compile vs fused.
 
+The training configuration (``TRAINING_CONFIG``: d = 256, decoupled and simclr, fp32 inputs with tf32, 2N = 1024)
+is measured first, in a table of its own; ``--training-config`` measures only it.
+
 Every row catches its own exceptions (out of memory, Triton compilation errors, anything) and records them in
-the row; the JSON (device, versions, command, every row so far) is rewritten after every row, so a run that
-is stopped keeps what it measured. Markdown tables are printed at the end and written beside the JSON.
+the row; the JSON (device, versions, command, every row so far) and its markdown tables are rewritten, atomically,
+after every row, so a run that is stopped keeps what it measured.
 
 Without CUDA there is nothing meaningful to time for the fused kernels (the Triton interpreter is a
 correctness tool, thousands of times slower than a GPU), so the script says so, times only the eager
@@ -43,14 +46,21 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() not in (ROOT, ROOT / "bench")]
 
 from bench._common import environment, stamp  # noqa: E402  (shared by the bench scripts)
+from bench.kernels_peers import lightly_loss  # noqa: E402
+from bench.kernels_tables import markdown  # noqa: E402
+from data_prep import atomic  # noqa: E402
 from fastssl import losses  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 PRECISIONS = {"tf32": (torch.float32, True), "ieee": (torch.float32, False), "bf16": (torch.bfloat16, False),
               "fp16": (torch.float16, False)}
 TRAINING_PRECISIONS = ["tf32", "bf16"]
-VARIANTS = ("simclr", "decoupled", "supcon")
-IMPLS = ("eager", "compile", "fused", "fused-unsplit", "lightly")
+VARIANTS = ("simclr", "decoupled", "supcon", "cross")  # cross: MoCo v3's query-key loss, 2N/2 queries vs as many keys
+# What training runs (fastssl's defaults on a GPU: projector output d = 256, batch 512 -> 2N = 1024, fp32 embeddings
+# with tf32 matmuls; DARe uses the decoupled variant, SimCLR NT-Xent): measured first, and alone with
+# --training-config. (precision, variant, d, 2N)
+TRAINING_SHAPE = ("tf32", 256, 1024)  # (precision, d, 2N)
+TRAINING_CONFIG = [("tf32", "decoupled", 256, 1024), ("tf32", "simclr", 256, 1024)]
 
 
 def parse_args(argv=None):
@@ -66,6 +76,9 @@ def parse_args(argv=None):
     p.add_argument("--no-unsplit", action="store_true", help="skip the fused kernel forced to one column split")
     p.add_argument("--no-peers", action="store_true", help="skip lightly's NTXentLoss even when installed")
     p.add_argument("--no-dare", action="store_true", help="skip the DARe reparam + JSD benchmark")
+    p.add_argument("--training-config", action="store_true",
+                   help="only the training configuration (d = 256, decoupled and simclr, fp32 with tf32, 2N = 1024; "
+                        "no DARe rows); a full run measures these rows first")
     p.add_argument("--rep", type=int, default=100, help="do_bench repetition time in ms")
     p.add_argument("--out", type=Path, default=None, help="JSON path (default: bench/results/kernels-<stamp>.json)")
     args = p.parse_args(argv)
@@ -81,6 +94,9 @@ def parse_args(argv=None):
 # ---- implementations -----------------------------------------------------------------------------
 
 def reference_loss(variant, temperature):
+    if variant == "cross":  # the keys are momentum features without gradient, as in MoCo v3
+        from fastssl.dispatch import cross_contrastive_reference
+        return lambda q, k, labels: cross_contrastive_reference(q, k.detach(), temperature)
     if variant == "supcon":
         return lambda z1, z2, labels: losses.supcon_loss(z1, z2, labels, temperature)
     return lambda z1, z2, labels: losses.ntxent_loss(z1, z2, temperature, variant=variant)
@@ -88,6 +104,9 @@ def reference_loss(variant, temperature):
 
 def fused_loss(variant, temperature, allow_tf32):
     from kernels.contrastive import fused_contrastive_loss
+    if variant == "cross":
+        from kernels.cross import fused_cross_contrastive_loss
+        return lambda q, k, labels: fused_cross_contrastive_loss(q, k.detach(), temperature, allow_tf32=allow_tf32)
     if variant == "supcon":
         return lambda z1, z2, labels: fused_contrastive_loss(z1, z2, temperature, labels=labels,
                                                              allow_tf32=allow_tf32)
@@ -99,46 +118,6 @@ def unsplit():
     """Forces one column split for every launch inside (forward and backward alike)."""
     from kernels.contrastive import column_splits
     return column_splits(1)
-
-
-def import_lightly_ntxent():
-    """(lightly's NTXentLoss class, None) or (None, why not). On a CPU-only torch, lightly's torchvision import
-    needs the schema workaround of TOOLCHAIN.md (no torchvision C++ op is used by the loss)."""
-    try:
-        from lightly.loss import NTXentLoss
-        return NTXentLoss, None
-    except ModuleNotFoundError as e:
-        if e.name and e.name.split(".")[0] == "lightly":
-            return None, "lightly is not installed (pip install -e '.[peers]')"
-        return None, f"lightly does not import: {e}"
-    except Exception as e:  # noqa: BLE001 - torchvision's C++ ops missing next to a CPU torch
-        if "torchvision" not in str(e) or torch.version.cuda is not None:
-            return None, f"lightly does not import: {type(e).__name__}: {e}"
-    for name in [m for m in sys.modules if m.split(".")[0] in ("lightly", "torchvision")]:
-        del sys.modules[name]
-    global _torchvision_stub
-    _torchvision_stub = torch.library.Library("torchvision", "DEF")
-    _torchvision_stub.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-    _torchvision_stub.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-    try:
-        from lightly.loss import NTXentLoss
-        return NTXentLoss, None
-    except Exception as e:  # noqa: BLE001
-        return None, f"lightly does not import (even with the CPU torchvision workaround): {type(e).__name__}: {e}"
-
-
-_torchvision_stub = None
-
-
-def lightly_loss(variant, temperature):
-    """lightly's NTXentLoss as a loss of (z1, z2, labels), or a string saying why there is none."""
-    if variant != "simclr":
-        return f"lightly's NTXentLoss is the simclr variant only (not {variant})"
-    cls, why = import_lightly_ntxent()
-    if cls is None:
-        return why
-    module = cls(temperature=temperature, memory_bank_size=0)
-    return lambda z1, z2, labels: module(z1, z2)
 
 
 # ---- measuring, one row at a time ------------------------------------------------------------------
@@ -162,10 +141,10 @@ class RowWriter:
         self.save()
 
     def save(self) -> None:
+        """The JSON and its markdown beside it, each replaced atomically."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.record, indent=2, default=str) + "\n")
-        tmp.replace(self.path)
+        atomic.write_text(self.path, json.dumps(self.record, indent=2, default=str) + "\n")
+        atomic.write_text(self.path.with_suffix(".md"), markdown(self.record))
 
     def run(self, row: dict, measure) -> dict:
         t0 = time.perf_counter()
@@ -214,67 +193,80 @@ def measure_loss(fn, z1, z2, labels, rep) -> dict:
     return out
 
 
+def contrastive_cases(args) -> list[tuple]:
+    """(precision, variant, d, 2N) in measuring order: when the sweep covers the training shape (tf32, d = 256,
+    2N = 1024), the training configuration (both its variants) first, then the rest of the sweep."""
+    sweep = [(p, v, d, n) for p in args.precisions for v in args.variants for d in args.dims for n in args.sizes]
+    if args.training_config:
+        return list(TRAINING_CONFIG)
+    if not any((p, d, n) == TRAINING_SHAPE for p, _, d, n in sweep):
+        return sweep  # a sweep that does not cover the training shape (e.g. tests' tiny sizes)
+    return TRAINING_CONFIG + [c for c in sweep if c not in TRAINING_CONFIG]
+
+
+def implementations(args, variant: str, tf32: bool) -> dict:
+    impls = {"eager": reference_loss(variant, args.temperature)}
+    if not args.no_compile:
+        impls["compile"] = "per-shape"
+    impls["fused"] = fused_loss(variant, args.temperature, tf32)
+    if not args.no_unsplit and variant != "cross":  # the cross kernels do not split columns
+        impls["fused-unsplit"] = impls["fused"]  # measured under unsplit()
+    if not args.no_peers:
+        impls["lightly"] = lightly_loss(variant, args.temperature)
+    return impls
+
+
 def contrastive_rows(args, writer: RowWriter, measure=measure_loss) -> None:
     """One row per (precision, variant, 2N, d, implementation)."""
-    for precision in args.precisions:
+    for precision, variant, d, two_n in contrastive_cases(args):
         dtype, tf32 = PRECISIONS[precision]
         set_matmul_precision(precision)
-        for variant in args.variants:
-            impls = {"eager": reference_loss(variant, args.temperature)}
-            if not args.no_compile:
-                impls["compile"] = "per-shape"
-            impls["fused"] = fused_loss(variant, args.temperature, tf32)
-            if not args.no_unsplit:
-                impls["fused-unsplit"] = impls["fused"]  # measured under unsplit()
-            if not args.no_peers:
-                impls["lightly"] = lightly_loss(variant, args.temperature)
-            for d in args.dims:
-                for two_n in args.sizes:
-                    inputs = {}
+        inputs = {}
 
-                    def make_inputs():
-                        if not inputs:
-                            n = two_n // 2
-                            dev = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: tests with a fake measure
-                            gen = torch.Generator(device=dev).manual_seed(0)
-                            inputs["z"] = (torch.randn(n, d, device=dev, generator=gen).to(dtype),
-                                           torch.randn(n, d, device=dev, generator=gen).to(dtype),
-                                           torch.randint(0, 100, (n,), device=dev, generator=gen)
-                                           if variant == "supcon" else None)
-                        return inputs["z"]
+        def make_inputs():
+            if not inputs:
+                n = two_n // 2
+                dev = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: tests with a fake measure
+                gen = torch.Generator(device=dev).manual_seed(0)
+                inputs["z"] = (torch.randn(n, d, device=dev, generator=gen).to(dtype),
+                               torch.randn(n, d, device=dev, generator=gen).to(dtype),
+                               torch.randint(0, 100, (n,), device=dev, generator=gen)
+                               if variant == "supcon" else None)
+            return inputs["z"]
 
-                    for name, fn in impls.items():
-                        row = dict(bench="contrastive", precision=precision, variant=variant, two_n=two_n, d=d,
-                                   impl=name)
-                        if isinstance(fn, str) and name != "compile":
-                            row["skipped"] = fn
-                            writer.record["rows"].append(row)
-                            writer.save()
-                            continue
+        for name, fn in implementations(args, variant, tf32).items():
+            row = dict(bench="contrastive", precision=precision, variant=variant, two_n=two_n, d=d, impl=name)
+            if (precision, variant, d, two_n) in TRAINING_CONFIG:
+                row["training_config"] = True
+            if isinstance(fn, str) and name != "compile":
+                row["skipped"] = fn
+                writer.record["rows"].append(row)
+                writer.save()
+                continue
 
-                        def run(row, fn=fn, name=name):
-                            if name == "compile":
-                                torch._dynamo.reset()
-                                fn = torch.compile(reference_loss(variant, args.temperature), dynamic=False)
-                            with unsplit() if name == "fused-unsplit" else contextlib.nullcontext():
-                                result = measure(fn, *make_inputs(), args.rep)
-                            if name.startswith("fused"):
-                                result["splits"] = _planned_splits(two_n, d, dtype, tf32, name)
-                            return result
-                        writer.run(row, run)
-                        print(f"  {precision} {variant} 2N={two_n:6d} d={d:4d} {name:13s} "
-                              f"{ {k: v for k, v in row.items() if k in ('fwd_ms', 'fwd_bwd_ms', 'error')} }",
-                              file=sys.stderr, flush=True)
-                    inputs.clear()
-                    if torch.cuda.is_available():
-                        torch.cuda.empty_cache()
+            def run(row, fn=fn, name=name):
+                if name == "compile":
+                    torch._dynamo.reset()
+                    fn = torch.compile(reference_loss(variant, args.temperature), dynamic=False)
+                with unsplit() if name == "fused-unsplit" else contextlib.nullcontext():
+                    result = measure(fn, *make_inputs(), args.rep)
+                if name.startswith("fused"):
+                    result["splits"] = _planned_splits(two_n, d, dtype, tf32, name, variant)
+                return result
+            writer.run(row, run)
+            print(f"  {precision} {variant} 2N={two_n:6d} d={d:4d} {name:13s} "
+                  f"{ {k: v for k, v in row.items() if k in ('fwd_ms', 'fwd_bwd_ms', 'error')} }",
+                  file=sys.stderr, flush=True)
+        inputs.clear()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 
-def _planned_splits(two_n, d, dtype, tf32, name) -> list:
+def _planned_splits(two_n, d, dtype, tf32, name, variant) -> list:
     """Column splits of the (forward, backward) launches on this device."""
-    if name == "fused-unsplit":
+    if name == "fused-unsplit" or variant == "cross":
         return [1, 1]
-    from kernels.contrastive import launch_plan
+    from kernels.launch import launch_plan
     return [launch_plan(two_n, two_n, d, dtype, tf32, interpret=False, backward=b)[1] for b in (False, True)]
 
 
@@ -341,98 +333,6 @@ def _measure_dare(loss_of, xs, rep):
     return out
 
 
-# ---- tables ----------------------------------------------------------------------------------------
-
-def _fmt(x, digits=3):
-    return f"{x:.{digits}f}" if isinstance(x, float) else ("-" if x is None else str(x))
-
-
-def _cell(row, key, digits=3):
-    if row is None:
-        return ""
-    if "error" in row:
-        return "OOM" if row["error"] == "OOM" else "error"
-    if "skipped" in row:
-        return "skipped"
-    return _fmt(row.get(key), digits)
-
-
-def _ratio(a, b):
-    ok = all(r is not None and isinstance(r.get("fwd_bwd_ms"), float) for r in (a, b))
-    return f"{a['fwd_bwd_ms'] / b['fwd_bwd_ms']:.2f}x" if ok and b["fwd_bwd_ms"] > 0 else "-"
-
-
-def contrastive_table(rows: list[dict]) -> str:
-    """One markdown table per (precision, variant): per (2N, d) every implementation's fwd, fwd+bwd, peak MiB."""
-    out = []
-    rows = [r for r in rows if r.get("bench") == "contrastive"]
-    groups = sorted({(r["precision"], r["variant"]) for r in rows}, key=lambda g: (list(PRECISIONS).index(g[0]),
-                                                                                   VARIANTS.index(g[1])))
-    for precision, variant in groups:
-        mine = [r for r in rows if (r["precision"], r["variant"]) == (precision, variant)]
-        impls = [i for i in IMPLS if any(r["impl"] == i for r in mine)]
-        head = ["2N", "d", "splits f/b"] + [f"{i} fwd ms" for i in impls] + [f"{i} f+b ms" for i in impls] \
-            + [f"{i} peak MiB" for i in impls] + ["fused vs eager (f+b)"] \
-            + (["fused vs unsplit (f+b)"] if "fused-unsplit" in impls else []) \
-            + (["fused vs compile (f+b)"] if "compile" in impls else [])
-        lines = [f"#### {variant}, {precision}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        for two_n, d in sorted({(r["two_n"], r["d"]) for r in mine}, key=lambda k: (k[1], k[0])):
-            by = {r["impl"]: r for r in mine if (r["two_n"], r["d"]) == (two_n, d)}
-            splits = (by.get("fused") or {}).get("splits")
-            cells = [str(two_n), str(d), "/".join(map(str, splits)) if splits else "-"]
-            cells += [_cell(by.get(i), "fwd_ms") for i in impls] + [_cell(by.get(i), "fwd_bwd_ms") for i in impls]
-            cells += [_cell(by.get(i), "peak_extra_mib", 1) for i in impls]
-            cells.append(_ratio(by.get("eager"), by.get("fused")))
-            if "fused-unsplit" in impls:
-                cells.append(_ratio(by.get("fused-unsplit"), by.get("fused")))
-            if "compile" in impls:
-                cells.append(_ratio(by.get("compile"), by.get("fused")))
-            lines.append("| " + " | ".join(cells) + " |")
-        out.append("\n".join(lines))
-    return "\n\n".join(out)
-
-
-def dare_table(rows: list[dict]) -> str:
-    rows = [r for r in rows if r.get("bench") == "dare"]
-    impls = [i for i in ("eager", "compile", "fused") if any(r["impl"] == i for r in rows)]
-    head = ["precision", "N", "d"] + [f"{i} fwd ms" for i in impls] + [f"{i} f+b ms" for i in impls] \
-        + [f"{i} peak MiB" for i in impls] + ["fused vs eager (f+b)"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for precision, n, d in sorted({(r["precision"], r["n"], r["d"]) for r in rows},
-                                  key=lambda k: (list(PRECISIONS).index(k[0]), k[1])):
-        by = {r["impl"]: r for r in rows if (r["precision"], r["n"], r["d"]) == (precision, n, d)}
-        cells = [precision, str(n), str(d)] + [_cell(by.get(i), "fwd_ms", 4) for i in impls] \
-            + [_cell(by.get(i), "fwd_bwd_ms", 4) for i in impls] \
-            + [_cell(by.get(i), "peak_extra_mib", 1) for i in impls] \
-            + [_ratio(by.get("eager"), by.get("fused"))]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def errors_list(rows: list[dict]) -> str:
-    bad = [r for r in rows if "error" in r or "skipped" in r]
-    if not bad:
-        return ""
-    keys = ("bench", "precision", "variant", "two_n", "n", "d", "impl")
-    return "\n".join(["Rows that failed or were skipped:", ""] + [
-        "- " + " ".join(f"{k}={r[k]}" for k in keys if k in r) + ": " + (r.get("error") or r.get("skipped"))
-        for r in bad])
-
-
-def markdown(record: dict) -> str:
-    env = record["environment"]
-    parts = [f"`{env['command']}` on {env['device']}, {env['time']}, torch {env['torch']}, triton {env['triton']}, "
-             f"tau {record['config']['temperature']}; median ms (do_bench), peak extra MiB of forward+backward."]
-    if record.get("cuda"):
-        parts += ["### Contrastive losses", contrastive_table(record["rows"])]
-        if any(r.get("bench") == "dare" for r in record["rows"]):
-            parts += ["### DARe reparameterisation + Gaussian JSD", dare_table(record["rows"])]
-        parts.append(errors_list(record["rows"]))
-    else:
-        parts.append("No CUDA: eager reference on the CPU only (a calibration point, not a kernel benchmark).")
-    return "\n\n".join(p for p in parts if p) + "\n"
-
-
 def bench_cpu_reference(args) -> list[dict]:
     """Eager reference only, on the CPU, small sizes (a calibration point, not a kernel benchmark)."""
     rows = []
@@ -482,12 +382,12 @@ def main(argv=None) -> int:
     else:
         writer = RowWriter(record, out)
         contrastive_rows(args, writer)
-        if not args.no_dare:
+        if not (args.no_dare or args.training_config):
             dare_rows(args, writer)
         writer.record["complete"] = True
         writer.save()
         print("\n" + markdown(record))
-    out.with_suffix(".md").write_text(markdown(record))
+    atomic.write_text(out.with_suffix(".md"), markdown(record))
     print(f"\nwrote {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out} and its .md")
     return 0
 

@@ -17,6 +17,8 @@ single-process reference run.
 """
 from __future__ import annotations
 
+import sys
+
 import torch
 
 from . import distributed, losses
@@ -70,22 +72,124 @@ def _tf32_allowed() -> bool:
         return False
 
 
+_warned: set = set()
+
+
+def _warn_fallback(kernel: str, error: BaseException) -> None:
+    """One line on stderr, once per process and kernel."""
+    if kernel in _warned:
+        return
+    _warned.add(kernel)
+    why = (str(error).strip().splitlines() or [""])[0][:300]
+    print(f"warning: the fused {kernel} kernel cannot run here ({type(error).__name__}: {why}); "
+          "using the PyTorch reference loss instead (--kernels torch silences this)", file=sys.stderr, flush=True)
+
+
+def _probe_contrastive(device, dtype, n, d, variant, supcon, allow_tf32) -> None:
+    from kernels.contrastive import fused_contrastive_loss
+    gen = torch.Generator(device=device).manual_seed(0)
+    z1, z2 = (torch.randn(n, d, device=device, generator=gen).to(dtype).requires_grad_() for _ in range(2))
+    labels = torch.arange(n, device=device) % 3 if supcon else None
+    loss = fused_contrastive_loss(z1, z2, 0.5, labels=labels, variant=variant, allow_tf32=allow_tf32)
+    loss.backward()
+    if not torch.isfinite(loss).item():
+        raise RuntimeError(f"non-finite probe loss {loss.item()}")
+
+
+def _probe_dare(device, dtype, n, d) -> None:
+    from kernels.dare import fused_reparam_jsd
+    gen = torch.Generator(device=device).manual_seed(0)
+    xs = [torch.randn(n, d, device=device, generator=gen).to(dtype).requires_grad_() for _ in range(4)]
+    z1, z2, jsd = fused_reparam_jsd(*xs, seed=0)
+    (z1.float().sum() + z2.float().sum() + jsd).backward()
+    if not torch.isfinite(jsd).item():
+        raise RuntimeError(f"non-finite probe JSD {jsd.item()}")
+
+
+def _probe_cross(device, dtype, n, m, d, allow_tf32) -> None:
+    from kernels.cross import fused_cross_contrastive_loss
+    gen = torch.Generator(device=device).manual_seed(0)
+    q = torch.randn(n, d, device=device, generator=gen).to(dtype).requires_grad_()
+    k = torch.randn(m, d, device=device, generator=gen).to(dtype)
+    loss = fused_cross_contrastive_loss(q, k, 0.5, allow_tf32=allow_tf32)
+    loss.backward()
+    if not torch.isfinite(loss).item():
+        raise RuntimeError(f"non-finite probe loss {loss.item()}")
+
+
+_PROBES = {"contrastive": _probe_contrastive, "DARe": _probe_dare, "cross contrastive": _probe_cross}
+
+
+_probed: dict = {}
+
+
+@torch.compiler.assume_constant_result  # run at trace time, outside the graph: the graph holds only the answer
+def _fused_usable(kernel: str, device: str, dtype: torch.dtype, *shape_and_options) -> bool:
+    """True when the fused ``kernel`` compiles, launches and gives a finite value for these inputs on ``device``;
+    else warns once (see the module docstring) and returns False. Any exception counts: Triton's
+    CompilationError or OutOfResources, a driver error for an unsupported GPU, a ptxas failure. Probed once per
+    process and arguments."""
+    key = (kernel, device, dtype, *shape_and_options)
+    if key not in _probed:
+        try:
+            with torch.enable_grad():
+                _PROBES[kernel](torch.device(device), dtype, *shape_and_options)
+            _probed[key] = True
+        except Exception as e:  # noqa: BLE001 - whatever stops the kernel, training continues on the reference
+            _warn_fallback(kernel, e)
+            _probed[key] = False
+    return _probed[key]
+
+
 def contrastive_loss(z1, z2, temperature, labels=None, variant="simclr", backend="torch"):
     """NT-Xent ("simclr"), decoupled cross-view ("decoupled") or SupCon (``labels`` given).
 
     In a process group of K > 1 ranks: the loss of this rank's rows against the global batch (see
     the module docstring)."""
     _check_backend(backend)
+    if backend == "triton":
+        check_runnable(z1, z2, labels)  # misuse (a CPU tensor without the interpreter) stays an error
+        if not _fused_usable("contrastive", str(z1.device), z1.dtype, int(z1.shape[0]) * distributed.world_size(),
+                             int(z1.shape[1]), variant if labels is None else "simclr", labels is not None,
+                             _tf32_allowed()):
+            backend = "torch"
     if distributed.enabled():
         return _gathered_contrastive_loss(z1, z2, temperature, labels, variant, backend)
     if backend == "triton":
-        check_runnable(z1, z2, labels)
         from kernels.contrastive import fused_contrastive_loss
         return fused_contrastive_loss(z1, z2, temperature, labels=labels, variant=variant,
                                       allow_tf32=_tf32_allowed())
     if labels is not None:
         return losses.supcon_loss(z1, z2, labels, temperature)
     return losses.ntxent_loss(z1, z2, temperature, variant=variant)
+
+
+def cross_contrastive_reference(q, k, temperature, pos_offset=0):
+    """cross_entropy(normalize(q) normalize(k)^T / tau, pos_offset + arange(n)): MoCo v3's ctr without its 2 tau."""
+    logits = torch.nn.functional.normalize(q, dim=1) @ torch.nn.functional.normalize(k, dim=1).T / temperature
+    return torch.nn.functional.cross_entropy(logits.float(), torch.arange(q.shape[0], device=q.device) + pos_offset)
+
+
+def cross_contrastive(q, k, temperature, backend="torch"):
+    """MoCo v3's query-key contrastive loss: cross-entropy of normalize(q) normalize(k)^T / tau with each query's
+    own key as the target (the diagonal), averaged over the queries; fp32 scalar. Gradients flow to q, and to k
+    only if it requires them (MoCo v3 passes momentum keys without). Multiply by 2 tau for MoCo v3's ctr.
+
+    In a process group of K > 1 ranks the keys are gathered (without gradient: k gets none there) and this rank's
+    queries are scored against all K n keys, the positive of query i being key rank * n + i; the mean over this
+    rank's queries, whose mean over ranks is the loss of the global batch."""
+    _check_backend(backend)
+    pos_offset = 0
+    if distributed.enabled():
+        pos_offset = distributed.rank() * q.shape[0]
+        k = distributed.all_gather_nograd(k.detach())
+    if backend == "triton":
+        check_runnable(q, k)
+        if _fused_usable("cross contrastive", str(q.device), q.dtype, int(q.shape[0]), int(k.shape[0]),
+                         int(q.shape[1]), _tf32_allowed()):
+            from kernels.cross import fused_cross_contrastive_loss
+            return fused_cross_contrastive_loss(q, k, temperature, pos_offset=pos_offset, allow_tf32=_tf32_allowed())
+    return cross_contrastive_reference(q, k, temperature, pos_offset)
 
 
 def multiview_contrastive_loss(zs, temperature, labels=None, backend="torch"):
@@ -121,7 +225,6 @@ def multiview_contrastive_loss(zs, temperature, labels=None, backend="torch"):
 @torch.compiler.disable  # collectives: a graph break under torch.compile
 def _gathered_contrastive_loss(z1, z2, temperature, labels, variant, backend):
     if backend == "triton":
-        check_runnable(z1, z2, labels)
         from kernels.contrastive import gathered_contrastive_loss
         return gathered_contrastive_loss(z1, z2, temperature, labels=labels, variant=variant,
                                          allow_tf32=_tf32_allowed(), rank=distributed.rank(),
@@ -150,18 +253,20 @@ def reparam_jsd(mu1, logvar1, mu2, logvar2, backend="torch"):
     differs from the reference's ``torch.randn`` stream, it is not the same sample).
     """
     _check_backend(backend)
+    if backend == "triton":
+        check_runnable(mu1, logvar1, mu2, logvar2)
+        if not _fused_usable("DARe", str(mu1.device), mu1.dtype, int(mu1.shape[0]), int(mu1.shape[1])):
+            backend = "torch"
     if distributed.enabled():
         # The global batch's noise, sliced (matches the single-process reference run row for row).
         # The JSD is per sample: this rank's mean, whose mean over ranks is the global mean.
         eps1, eps2 = _global_noise(mu1), _global_noise(mu2)
         if backend == "triton":
-            check_runnable(mu1, logvar1, mu2, logvar2)
             from kernels.dare import fused_reparam_jsd
             return fused_reparam_jsd(mu1, logvar1, mu2, logvar2, eps1=eps1, eps2=eps2)
         return (losses.reparameterize(mu1, logvar1, eps1), losses.reparameterize(mu2, logvar2, eps2),
                 losses.gaussian_jsd(mu1, logvar1, mu2, logvar2))
     if backend == "triton":
-        check_runnable(mu1, logvar1, mu2, logvar2)
         from kernels.dare import draw_seed, fused_reparam_jsd
         # the seed is drawn on the device, inside a compiled graph, and read by the kernel: no host sync
         return fused_reparam_jsd(mu1, logvar1, mu2, logvar2, seed=draw_seed(mu1.device))

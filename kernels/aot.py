@@ -1,10 +1,11 @@
 """Ahead-of-time compilation of every kernel for a GPU target, without a GPU.
 
 The Triton interpreter accepts programs that the GPU compiler rejects (shapes under 16 for ``tl.dot``,
-some dtype mixes, ...), so CPU-only tests also compile each kernel for sm_90 (H100) through the real
-compiler pipeline (TTIR -> TTGIR -> LLVM -> PTX -> cubin with the bundled ptxas) and inspect the result.
+some dtype mixes, ...), so CPU-only tests also compile each kernel for a target (``kernels.launch.TARGETS``:
+sm_80, sm_86, sm_89, sm_90) through the real compiler pipeline (TTIR -> TTGIR -> LLVM -> PTX -> cubin with the
+bundled ptxas) and inspect the result.
 
-    python -m kernels.aot            # prints a table: PTX/cubin sizes, registers, spills, wgmma use
+    python -m kernels.aot [sm_90]    # prints a table: PTX/cubin sizes, registers, spills, wgmma use
 """
 from __future__ import annotations
 
@@ -13,9 +14,12 @@ import re
 import subprocess
 import tempfile
 
+import sys
+
 import torch
 
-from kernels import contrastive, dare
+from kernels import contrastive_kernels, dare, launch
+from kernels.contrastive import VARIANTS
 
 _DTYPE_STR = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
@@ -38,11 +42,11 @@ def contrastive_kernel_spec(which: str, dtype: torch.dtype, variant: str, allow_
     t = _DTYPE_STR[dtype]
     pointers = dict(U=f"*{t}", LABELS="*i64", LOSS="*fp32", LSE="*fp32", NPOS="*fp32", GRAD="*fp32", DU="*fp32",
                     PART="*fp32")
-    kernel = dict(fwd=contrastive._contrastive_fwd_kernel, bwd=contrastive._contrastive_bwd_kernel,
-                  combine=contrastive._contrastive_combine_kernel)[which]
-    const = dict(VARIANT=contrastive.VARIANTS[variant], **{k: v for k, v in cfg.items() if k.startswith("BLOCK_")})
+    kernel = dict(fwd=contrastive_kernels._contrastive_fwd_kernel, bwd=contrastive_kernels._contrastive_bwd_kernel,
+                  combine=contrastive_kernels._contrastive_combine_kernel)[which]
+    const = dict(VARIANT=VARIANTS[variant], **{k: v for k, v in cfg.items() if k.startswith("BLOCK_")})
     if which != "combine":
-        const["PRECISION"] = contrastive._precision(dtype, allow_tf32)
+        const["PRECISION"] = launch.precision(dtype, allow_tf32)
     if which == "fwd":
         const["SPLIT"] = splits > 1
     options = dict(num_warps=cfg["num_warps"], num_stages=cfg.get("num_stages", 2))
@@ -50,17 +54,42 @@ def contrastive_kernel_spec(which: str, dtype: torch.dtype, variant: str, allow_
 
 
 def contrastive_specs(dtype: torch.dtype, d: int = 128, variant: str = "simclr", allow_tf32: bool = False,
-                      two_n: int = 65536, sms: int = contrastive.AOT_SM_COUNT):
+                      two_n: int = 65536, target: launch.Target = launch.DEFAULT_TARGET):
     """Specs of every kernel the forward and backward launch for inputs of ``dtype``, width ``d`` and batch
-    2N = ``two_n`` on a GPU with ``sms`` SMs (the combine kernel too when the forward splits its columns)."""
+    2N = ``two_n`` on ``target`` (the combine kernel too when the forward splits its columns)."""
     specs = []
     for backward in (False, True):
-        cfg, splits, _ = contrastive.launch_plan(two_n, two_n, d, dtype, allow_tf32, interpret=False,
-                                                 backward=backward, sms=sms)
+        cfg, splits, _ = launch.launch_plan(two_n, two_n, d, dtype, allow_tf32, interpret=False,
+                                            backward=backward, target=target)
         specs.append(contrastive_kernel_spec("bwd" if backward else "fwd", dtype, variant, allow_tf32, cfg, splits))
         if not backward and splits > 1:
             specs.append(contrastive_kernel_spec("combine", dtype, variant, allow_tf32,
-                                                 contrastive.combine_config(splits)))
+                                                 launch.combine_config(splits)))
+    return specs
+
+
+def cross_specs(dtype: torch.dtype, d: int = 256, allow_tf32: bool = False, n: int = 512, m: int = 512,
+                target: launch.Target = launch.DEFAULT_TARGET):
+    """Specs of the cross (query-key) forward and backward (one binary serves queries and keys per KEY_SIDE) for
+    n queries against m keys on ``target``."""
+    from kernels import cross_kernels
+    t = _DTYPE_STR[dtype]
+    pointers = dict(W=f"*{t}", LOSS="*fp32", LSE="*fp32", GRAD="*fp32", DW="*fp32")
+    scalars = dict(n="i32", m="i32", pos_off="i32", d="i32", stride_w="i32", inv_tau="fp32", own_lo="i32",
+                   n_own="i32", oth_lo="i32", n_oth="i32", partner_shift="i32", stride_dw="i32")
+    specs = []
+    for kernel, key_side, rows, cols in ((cross_kernels._cross_fwd_kernel, None, n, m),
+                                         (cross_kernels._cross_bwd_kernel, False, n, m),
+                                         (cross_kernels._cross_bwd_kernel, True, m, n)):
+        backward = key_side is not None
+        cfg = launch.launch_plan(rows, cols, d, dtype, allow_tf32, interpret=False, backward=backward, target=target,
+                                 splittable=False)[0]
+        const = dict(PRECISION=launch.precision(dtype, allow_tf32), **{k: v for k, v in cfg.items()
+                                                                       if k.startswith("BLOCK_")})
+        if backward:
+            const["KEY_SIDE"] = key_side
+        options = dict(num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+        specs.append((kernel, _signature(kernel, pointers, scalars), const, options))
     return specs
 
 
@@ -82,7 +111,8 @@ def dare_specs(dtype: torch.dtype, d: int = 128, n: int = 512, has_eps: bool = F
 
 
 def _resource_usage(cubin: bytes) -> dict:
-    """Registers / stack (spill) bytes per thread from the bundled cuobjdump; {} when unavailable."""
+    """Registers / stack bytes (local memory: spills and local arrays) per thread from the bundled cuobjdump;
+    {} when unavailable."""
     import triton
     tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     if not os.path.exists(tool):
@@ -96,6 +126,37 @@ def _resource_usage(cubin: bytes) -> dict:
         return {}
     reg, stack, shared, local = map(int, found.groups())
     return dict(registers=reg, stack_bytes=stack, static_shared=shared, local_bytes=local)
+
+
+def _ptxas_report(ptx: str, arch: int) -> dict:
+    """Registers, spill stores / loads and the stack frame (bytes per thread) from ``ptxas -v`` run on the PTX the
+    way this Triton runs it (its ptxas for the arch, -lineinfo, and --regAllocOptLevel=2 where Triton passes it),
+    so ``ptxas_registers`` equals the cubin's registers; {} when ptxas cannot be run. cuobjdump's STACK counts
+    every local array too, e.g. the 28-byte buffer of libdevice's sin/cos range reduction that ``tl.randn``
+    brings in under Triton 3.6 (a slow path its angles never take): spills are read from ptxas itself."""
+    import inspect
+
+    from triton.backends.nvidia import compiler as nv
+    try:
+        tool = nv.get_ptxas(arch).path
+        flags = ["-lineinfo", "-v"]
+        if "regAllocOptLevel" in inspect.getsource(nv.CUDABackend.make_cubin):
+            flags.append("--regAllocOptLevel=2")
+        gpu = nv.sm_arch_from_capability(arch)
+    except Exception:  # noqa: BLE001 - another Triton layout: no report rather than a wrong one
+        return {}
+    with tempfile.TemporaryDirectory() as folder:
+        src = os.path.join(folder, "k.ptx")
+        with open(src, "w") as f:
+            f.write(ptx)
+        run = subprocess.run([tool, *flags, f"--gpu-name={gpu}", src, "-o", os.path.join(folder, "k.o")],
+                             capture_output=True, text=True)
+    found = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", run.stderr)
+    regs = re.search(r"Used (\d+) registers", run.stderr)
+    if run.returncode != 0 or not found or not regs:
+        return {}
+    stack, stores, loads = map(int, found.groups())
+    return dict(stack_frame=stack, spill_stores=stores, spill_loads=loads, ptxas_registers=int(regs.group(1)))
 
 
 def compile_spec(kernel, signature, constexprs, options, arch: int = 90) -> dict:
@@ -115,26 +176,29 @@ def compile_spec(kernel, signature, constexprs, options, arch: int = 90) -> dict
                 wgmma="wgmma" in ptx, mma_sync="mma.sync" in ptx,
                 dynamic_shared=compiled.metadata.shared)
     info.update(_resource_usage(compiled.asm["cubin"]))
+    info.update(_ptxas_report(ptx, arch))
     return info
 
 
-def all_specs():
+def all_specs(target: launch.Target = launch.DEFAULT_TARGET):
     specs = []
     for dtype in (torch.float32, torch.bfloat16):
         for d in (128, 256):
-            specs += contrastive_specs(dtype, d=d, variant="supcon")
+            specs += contrastive_specs(dtype, d=d, variant="supcon", target=target)
         specs += dare_specs(dtype)
-    specs += contrastive_specs(torch.float32, d=128, variant="simclr", allow_tf32=True)
+    specs += contrastive_specs(torch.float32, d=128, variant="simclr", allow_tf32=True, target=target)
     return specs
 
 
-def main() -> None:
+def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    target = launch.TARGETS[argv[0]] if argv else launch.DEFAULT_TARGET
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     print("| kernel | dtype | fp32 dot precision | BLOCK_M x BLOCK_N x BLOCK_D | warps | PTX KB | cubin KB | regs | spill B "
           "| smem KB | wgmma |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for spec in all_specs():
-        r = compile_spec(*spec)
+    for spec in all_specs(target):
+        r = compile_spec(*spec, arch=target.arch)
         c = r["constexprs"]
         blocks = (f"{c.get('BLOCK_M')} x {c.get('BLOCK_N')} x {c.get('BLOCK_D')} (k {c.get('BLOCK_K')})" if "BLOCK_M" in c
                   else f"{c.get('BLOCK_R')} rows x {c.get('BLOCK_D')}")

@@ -36,38 +36,72 @@ _SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _LN2 = tl.constexpr(0.6931471805599453)
 
 
+@triton.jit
+def _tile(rows, row_ok, c0, d, BLOCK_D: tl.constexpr):
+    """Flat offsets and mask of the (rows, c0 .. c0 + BLOCK_D) tile of an (n, d) row-major tensor."""
+    cols = c0 + tl.arange(0, BLOCK_D)
+    return rows[:, None] * d + cols[None, :], row_ok[:, None] & (cols < d)[None, :]
+
+
+@triton.jit
+def _load_f32(P, offs, mask):
+    return tl.load(P + offs, mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _load_gaussians(MU1, LV1, MU2, LV2, offs, mask):
+    return _load_f32(MU1, offs, mask), _load_f32(LV1, offs, mask), _load_f32(MU2, offs, mask), \
+        _load_f32(LV2, offs, mask)
+
+
+@triton.jit
+def _seed(SEED, HAS_EPS: tl.constexpr):
+    """The int64 Philox key, read on the device (unused with explicit eps)."""
+    if HAS_EPS:
+        seed = 0
+    else:
+        seed = tl.load(SEED)
+    return seed
+
+
+@triton.jit
+def _noise(EPS1, EPS2, seed, offs, mask, nd, HAS_EPS: tl.constexpr):
+    """(eps1, eps2) of the tile: read, or Philox(seed) at the element's offset (view 2 at nd + offset)."""
+    if HAS_EPS:
+        e1 = _load_f32(EPS1, offs, mask)
+        e2 = _load_f32(EPS2, offs, mask)
+    else:
+        e1 = tl.randn(seed, offs)
+        e2 = tl.randn(seed, offs + nd)
+    return e1, e2
+
+
+@triton.jit
+def _log_mean_var(lv1, lv2):
+    """ln((exp(lv1) + exp(lv2)) / 2) without overflow."""
+    return tl.maximum(lv1, lv2) + tl.log(1.0 + tl.exp(-tl.abs(lv1 - lv2))) - _LN2
+
+
 @lazy_kernel
 def _reparam_jsd_fwd_kernel(
     MU1, LV1, MU2, LV2, EPS1, EPS2, Z1, Z2, JSD_ROWS,
     n, d, SEED,
     HAS_EPS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    if not HAS_EPS:
-        seed = tl.load(SEED)  # int64 Philox key, read on the device
-    rows = pid * BLOCK_R + tl.arange(0, BLOCK_R)
+    seed = _seed(SEED, HAS_EPS)
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     row_ok = rows < n
     acc = tl.zeros([BLOCK_R], dtype=tl.float32)
     for c0 in range(0, d, BLOCK_D):
-        cols = c0 + tl.arange(0, BLOCK_D)
-        mask = row_ok[:, None] & (cols < d)[None, :]
-        offs = rows[:, None] * d + cols[None, :]
-        mu1 = tl.load(MU1 + offs, mask=mask, other=0.0).to(tl.float32)
-        lv1 = tl.load(LV1 + offs, mask=mask, other=0.0).to(tl.float32)
-        mu2 = tl.load(MU2 + offs, mask=mask, other=0.0).to(tl.float32)
-        lv2 = tl.load(LV2 + offs, mask=mask, other=0.0).to(tl.float32)
-        if HAS_EPS:
-            e1 = tl.load(EPS1 + offs, mask=mask, other=0.0).to(tl.float32)
-            e2 = tl.load(EPS2 + offs, mask=mask, other=0.0).to(tl.float32)
-        else:
-            e1 = tl.randn(seed, offs)
-            e2 = tl.randn(seed, offs + n * d)
+        offs, mask = _tile(rows, row_ok, c0, d, BLOCK_D)
+        mu1, lv1, mu2, lv2 = _load_gaussians(MU1, LV1, MU2, LV2, offs, mask)
+        e1, e2 = _noise(EPS1, EPS2, seed, offs, mask, n * d, HAS_EPS)
         z1 = mu1 + tl.exp(0.5 * lv1) * e1
         z2 = mu2 + tl.exp(0.5 * lv2) * e2
         tl.store(Z1 + offs, z1.to(Z1.dtype.element_ty), mask=mask)
         tl.store(Z2 + offs, z2.to(Z2.dtype.element_ty), mask=mask)
         delta = mu1 - mu2
-        log_v = tl.maximum(lv1, lv2) + tl.log(1.0 + tl.exp(-tl.abs(lv1 - lv2))) - _LN2
+        log_v = _log_mean_var(lv1, lv2)
         per_dim = delta * delta * tl.exp(-log_v) * 0.125 + 0.5 * log_v - 0.25 * (lv1 + lv2)
         acc += tl.sum(tl.where(mask, per_dim, 0.0), axis=1)
     tl.store(JSD_ROWS + rows, acc, mask=row_ok)
@@ -81,43 +115,30 @@ def _reparam_jsd_bwd_kernel(
     HAS_EPS: tl.constexpr, HAS_GZ1: tl.constexpr, HAS_GZ2: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    if not HAS_EPS:
-        seed = tl.load(SEED)
-    rows = pid * BLOCK_R + tl.arange(0, BLOCK_R)
+    seed = _seed(SEED, HAS_EPS)
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     row_ok = rows < n
     g_j = tl.load(GJSD).to(tl.float32)  # dL/djsd / N, read on the device: no host sync
     for c0 in range(0, d, BLOCK_D):
-        cols = c0 + tl.arange(0, BLOCK_D)
-        mask = row_ok[:, None] & (cols < d)[None, :]
-        offs = rows[:, None] * d + cols[None, :]
-        mu1 = tl.load(MU1 + offs, mask=mask, other=0.0).to(tl.float32)
-        lv1 = tl.load(LV1 + offs, mask=mask, other=0.0).to(tl.float32)
-        mu2 = tl.load(MU2 + offs, mask=mask, other=0.0).to(tl.float32)
-        lv2 = tl.load(LV2 + offs, mask=mask, other=0.0).to(tl.float32)
+        offs, mask = _tile(rows, row_ok, c0, d, BLOCK_D)
+        mu1, lv1, mu2, lv2 = _load_gaussians(MU1, LV1, MU2, LV2, offs, mask)
         delta = mu1 - mu2
-        diff = lv1 - lv2
-        log_v = tl.maximum(lv1, lv2) + tl.log(1.0 + tl.exp(-tl.abs(diff))) - _LN2
+        log_v = _log_mean_var(lv1, lv2)
         inv_v = tl.exp(-log_v)
-        w1 = 1.0 / (1.0 + tl.exp(-diff))  # s1 / (s1 + s2)
+        w1 = 1.0 / (1.0 + tl.exp(-(lv1 - lv2)))  # s1 / (s1 + s2)
         common = 0.5 - delta * delta * inv_v * 0.125
         dmu1 = g_j * (0.25 * delta * inv_v)
         dmu2 = -dmu1
         dlv1 = g_j * (common * w1 - 0.25)
         dlv2 = g_j * (common * (1.0 - w1) - 0.25)
         if HAS_GZ1 or HAS_GZ2:
-            if HAS_EPS:
-                e1 = tl.load(EPS1 + offs, mask=mask, other=0.0).to(tl.float32)
-                e2 = tl.load(EPS2 + offs, mask=mask, other=0.0).to(tl.float32)
-            else:
-                e1 = tl.randn(seed, offs)
-                e2 = tl.randn(seed, offs + n * d)
+            e1, e2 = _noise(EPS1, EPS2, seed, offs, mask, n * d, HAS_EPS)
         if HAS_GZ1:
-            gz1 = tl.load(GZ1 + offs, mask=mask, other=0.0).to(tl.float32)
+            gz1 = _load_f32(GZ1, offs, mask)
             dmu1 += gz1
             dlv1 += 0.5 * gz1 * e1 * tl.exp(0.5 * lv1)
         if HAS_GZ2:
-            gz2 = tl.load(GZ2 + offs, mask=mask, other=0.0).to(tl.float32)
+            gz2 = _load_f32(GZ2, offs, mask)
             dmu2 += gz2
             dlv2 += 0.5 * gz2 * e2 * tl.exp(0.5 * lv2)
         tl.store(DMU1 + offs, dmu1.to(DMU1.dtype.element_ty), mask=mask)

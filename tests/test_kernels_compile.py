@@ -72,8 +72,8 @@ def test_aot_compile_sm90(monkeypatch, case):
             assert info["wgmma"] == tensor_cores, info
             if not tensor_cores:
                 assert not info["mma_sync"], info
-        if "stack_bytes" in info and d <= 256:
-            assert info["stack_bytes"] == 0, f"register spills in a d <= 256 configuration: {info}"
+        if d <= 256:  # ptxas's spill count (the stack also holds local arrays, e.g. libdevice's sin/cos buffer)
+            assert info.get("spill_stores", 0) == 0, f"register spills in a d <= 256 configuration: {info}"
 
 
 # ---- custom ops --------------------------------------------------------------------------------
