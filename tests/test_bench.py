@@ -265,7 +265,7 @@ def test_kernels_bench_rows_catch_every_exception_and_save_each_row(tmp_path):
     from triton.runtime.errors import OutOfResources
 
     from bench import kernels as kb
-    from kernels import contrastive as kc
+    from kernels import launch as kl
     out = tmp_path / "k.json"
     args = kb.parse_args(["--sizes", "8", "16", "--dims", "4", "--precisions", "tf32", "ieee", "--variants",
                           "simclr", "supcon", "--no-compile", "--out", str(out)])
@@ -275,7 +275,7 @@ def test_kernels_bench_rows_catch_every_exception_and_save_each_row(tmp_path):
     def fake_measure(fn, z1, z2, labels, rep):
         on_disk = json.loads(out.read_text())["rows"]
         assert len(on_disk) == len(writer.record["rows"])  # saved before this row started
-        seen.append(kc._split_override)
+        seen.append(kl._split_override)
         if z1.shape[0] == 8 and labels is not None and len(seen) % 2:
             raise OutOfResources(300000, 232448, "shared memory")
         if z1.shape[0] == 4 and labels is not None:
