@@ -8,6 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .augment import normalize
+from .data import to_nchw
+from .runtime import amp_dtype
 
 
 @torch.no_grad()
@@ -219,3 +221,42 @@ def fixed_subset(n: int, size: int, seed: int) -> torch.Tensor:
     if size <= 0 or size >= n:
         return torch.arange(n)
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:size].sort().values
+
+
+class Evaluator:
+    """kNN monitor (and, at the end, the linear probe) on fixed subsets of train (bank) and test.
+
+    ``mean``/``std`` (default: the dataset's) normalise the images as in training: pass the training set's
+    when evaluating on another labelled set (``--eval-data``). A labelled set without a test split gives
+    a fixed fifth of its images as queries and the rest as the bank."""
+
+    def __init__(self, ds, cfg, device, mean=None, std=None):
+        train_x, train_y, test_x, test_y = ds.train_x, ds.train_y, ds.test_x, ds.test_y
+        if len(test_y) == 0:
+            order = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(cfg.seed + 3)).numpy()
+            held = order[:max(1, len(order) // 5)]
+            kept = order[len(held):]
+            train_x, train_y, test_x, test_y = train_x[kept], train_y[kept], train_x[held], train_y[held]
+        bank = fixed_subset(len(train_y), cfg.knn_bank, cfg.seed + 1).numpy()
+        queries = fixed_subset(len(test_y), cfg.knn_queries, cfg.seed + 2).numpy()
+        self.bank_x, self.bank_y = to_nchw(train_x[bank], device), torch.from_numpy(train_y[bank]).to(device)
+        self.query_x, self.query_y = to_nchw(test_x[queries], device), torch.from_numpy(test_y[queries]).to(device)
+        self.mean = ds.mean if mean is None else mean
+        self.std = ds.std if std is None else std
+        self.num_classes, self.cfg = ds.num_classes, cfg
+        self.amp = amp_dtype(cfg.amp)
+
+    def features(self, encoder):
+        kw = dict(channels_last=self.cfg.channels_last, amp_dtype=self.amp)
+        return (extract_features(encoder, self.bank_x, self.mean, self.std, **kw),
+                extract_features(encoder, self.query_x, self.mean, self.std, **kw))
+
+    def knn(self, encoder) -> dict[int, float]:
+        """kNN top-1 (%) at k = 20 and at --knn-k (200 by default), from one similarity search."""
+        bank, queries = self.features(encoder)
+        return knn_accuracies(bank, self.bank_y, queries, self.query_y, self.num_classes, ks=(20, self.cfg.knn_k),
+                              temperature=self.cfg.knn_t)
+
+    def linear(self, encoder) -> float:
+        bank, queries = self.features(encoder)
+        return linear_probe(bank, self.bank_y, queries, self.query_y, self.num_classes, seed=self.cfg.seed)

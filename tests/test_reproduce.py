@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from fastssl import reproduce
+from fastssl import checkpoint as checkpoint_mod
 from fastssl import train as train_mod
 
 ARGS = ["--budget", "smoke", "--datasets", "cifar10", "--encoders", "resnet18", "--device", "cpu", "--no-progress"]
@@ -39,7 +40,7 @@ def test_smoke_end_to_end_kill_and_resume(tmp_path, tiny_folder, monkeypatch, ca
     argv = ARGS + ["--methods", "simclr", "dare", "--data", str(tiny_folder), "--out", str(out)]
 
     # first run: simclr finishes, dare is killed after its first epoch's checkpoint
-    real_save, saves = train_mod.atomic_save, []
+    real_save, saves = checkpoint_mod.save_checkpoint, []
 
     def save_then_die(obj, path):
         real_save(obj, path)
@@ -47,7 +48,7 @@ def test_smoke_end_to_end_kill_and_resume(tmp_path, tiny_folder, monkeypatch, ca
         if "dare" in str(path):
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_mod, "atomic_save", save_then_die)
+    monkeypatch.setattr(checkpoint_mod, "save_checkpoint", save_then_die)
     assert reproduce.main(argv) == 130
     simclr_dir, dare_dir = out / "cells" / "simclr-cifar10-resnet18", out / "cells" / "dare-cifar10-resnet18"
     assert (simclr_dir / "result.json").is_file() and not (dare_dir / "result.json").exists()
@@ -59,7 +60,7 @@ def test_smoke_end_to_end_kill_and_resume(tmp_path, tiny_folder, monkeypatch, ca
     assert all(c["estimate_s"] > 0 for c in plan["cells"])
 
     # rerun: only dare trains, resuming from its checkpoint
-    monkeypatch.setattr(train_mod, "atomic_save", real_save)
+    monkeypatch.setattr(checkpoint_mod, "save_checkpoint", real_save)
     calls, real_train = [], train_mod.train
 
     def counting_train(cfg):
