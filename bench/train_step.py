@@ -143,6 +143,9 @@ def table(rows: list[dict]) -> str:
         if "skipped" in r:
             lines.append(f"| {r['encoder']} | {r['row']} | skipped | | | | {r['skipped']} |")
             continue
+        if "step_s" not in r:  # saved while an earlier row was being timed
+            lines.append(f"| {r['encoder']} | {r['row']} | not timed yet | | | {r['warmup_s']:.1f} | |")
+            continue
         on = ", ".join(k for k, v in (("channels-last", r["channels_last"]), ("bf16", r["amp"] == "bf16"),
                                       ("compile", r["compile"] == "on"), ("triton", r["kernels"] == "triton")) if v)
         lines.append(f"| {r['encoder']} | {r['row']} | {r['images_per_s']:.0f} | {r['speedup']:.2f}x | "

@@ -147,7 +147,8 @@ def test_standard_protocol_cell_records_its_protocol(tmp_path, tiny_folder, monk
     """The smoke budget switched to the standard protocol (2 epochs): the cell's linear number comes from
     fastssl.eval.standard_linear_eval and every output file says so."""
     monkeypatch.setitem(reproduce.LINEAR_PROTOCOL, "smoke", "standard")
-    monkeypatch.setattr(reproduce, "STANDARD", dict(epochs=2, batch_size=32, lr=0.1))
+    for key, value in dict(epochs=2, batch_size=32, lr=0.1).items():
+        monkeypatch.setitem(reproduce.STANDARD, key, value)
     from fastssl import eval as ev
     calls, real = [], ev.standard_linear_eval
 

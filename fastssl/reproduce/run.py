@@ -12,8 +12,7 @@ import torch
 from data_prep.atomic import write_json
 
 from .plan import Planned
-from . import table
-from .table import LINEAR_PROTOCOL, PAPER, RESULT
+from .table import LINEAR_PROTOCOL, PAPER, RESULT, STANDARD
 
 
 def run_cell(p: Planned, budget: str) -> dict:
@@ -33,7 +32,7 @@ def run_cell(p: Planned, budget: str) -> dict:
         ours = probe_top1
     record = dict(method=p.cell.method, dataset=p.cell.dataset, encoder=p.cell.encoder, budget=budget,
                   linear_top1=ours, linear_protocol=protocol,
-                  linear_settings=table.STANDARD if protocol == "standard" else None, linear_s=standard_s,
+                  linear_settings=STANDARD if protocol == "standard" else None, linear_s=standard_s,
                   probe_top1=probe_top1, paper_top1=paper, paper_original_top1=original,
                   diff=None if ours is None else round(ours - paper, 2), knn_top1=summary["knn_top1"],
                   knn_protocol=f"kNN k={cfg['knn_k']}, temperature {cfg['knn_t']}", knn_top1_k20=summary.get("knn_top1_k20"),
@@ -60,6 +59,6 @@ def standard_linear_top1(cfg) -> float:
     data = [to_nchw(ds.train_x, device), torch.from_numpy(ds.train_y).to(device),
             to_nchw(ds.test_x, device), torch.from_numpy(ds.test_y).to(device)]
     print(f"standard linear evaluation: {len(ds.train_y)} train / {len(ds.test_y)} test images, "
-          f"{table.STANDARD['epochs']} epochs", flush=True)
+          f"{STANDARD['epochs']} epochs", flush=True)
     return standard_linear_eval(encoder, *data, ds.mean, ds.std, ds.num_classes, seed=cfg.seed,
-                                channels_last=cfg.channels_last, **table.STANDARD)
+                                channels_last=cfg.channels_last, **STANDARD)
