@@ -152,14 +152,14 @@ def test_standard_protocol_cell_records_its_protocol(tmp_path, tiny_folder, monk
     from fastssl import eval as ev
     calls, real = [], ev.standard_linear_eval
 
-    def counting(*args, **kwargs):
-        calls.append(kwargs)
-        return real(*args, **kwargs)
+    def counting(encoder, data, schedule, **kwargs):
+        calls.append(dict(data=data, schedule=schedule))
+        return real(encoder, data, schedule, **kwargs)
 
     monkeypatch.setattr(ev, "standard_linear_eval", counting)
     out = tmp_path / "std"
     assert reproduce.main(ARGS + ["--methods", "simclr", "--data", str(tiny_folder), "--out", str(out)]) == 0
-    assert len(calls) == 1 and calls[0]["epochs"] == 2
+    assert len(calls) == 1 and calls[0]["schedule"].epochs == 2
     record = json.loads((out / "cells" / "simclr-cifar10-resnet18" / "result.json").read_text())
     assert record["linear_protocol"] == "standard" and record["linear_settings"]["epochs"] == 2
     assert record["probe_top1"] is not None and record["linear_s"] > 0

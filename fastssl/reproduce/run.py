@@ -50,15 +50,12 @@ def standard_linear_top1(cfg) -> float:
     from data_prep import load_dataset
 
     from ..checkpoint import load_checkpoint
-    from ..data import to_nchw
     from ..encoder import encoder_from_checkpoint
-    from ..eval import standard_linear_eval
+    from ..eval import STANDARD_LINEAR, LabelledSplits, standard_linear_eval
     device = torch.device(cfg.device)
     encoder = encoder_from_checkpoint(load_checkpoint(cfg.out), cfg.out).to(device)
     ds = load_dataset(cfg.dataset, cfg.data)
-    data = [to_nchw(ds.train_x, device), torch.from_numpy(ds.train_y).to(device),
-            to_nchw(ds.test_x, device), torch.from_numpy(ds.test_y).to(device)]
     print(f"standard linear evaluation: {len(ds.train_y)} train / {len(ds.test_y)} test images, "
           f"{STANDARD['epochs']} epochs", flush=True)
-    return standard_linear_eval(encoder, *data, ds.mean, ds.std, ds.num_classes, seed=cfg.seed,
-                                channels_last=cfg.channels_last, **STANDARD)
+    schedule = dataclasses.replace(STANDARD_LINEAR, seed=cfg.seed, channels_last=cfg.channels_last, **STANDARD)
+    return standard_linear_eval(encoder, LabelledSplits.of(ds, device), schedule)
