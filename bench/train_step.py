@@ -94,7 +94,8 @@ def row_config(args, encoder: str, device, options: dict, with_data: bool):
 def build_timer(cfg, device, ds):
     """The row's training step (``fastssl.step.Step``, as ``train`` builds it) over training's loader on
     ``ds`` (None: random uint8 images)."""
-    from fastssl.step import StepTimer, synthetic_loader, training_loader
+    from fastssl.step import StepTimer, synthetic_loader
+    from fastssl.train import training_loader
     loader = synthetic_loader(cfg, device, images=cfg.batch_size * 4) if ds is None else training_loader(cfg, ds, device)
     return StepTimer(cfg, loader)
 

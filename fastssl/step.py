@@ -22,7 +22,7 @@ from .data import epoch_seed
 from .models import build_encoder
 from .optim import build_optimizer
 from .runtime import amp_dtype
-from .schedule import TrainSchedule, parse_res_schedule, peak_learning_rate
+from .schedule import TrainSchedule, parse_res_schedule
 
 
 def enable_fast_math() -> None:
@@ -51,18 +51,6 @@ def build_method(cfg) -> torch.nn.Module:
     return methods.get_method(cfg.method)(build_encoder(cfg.encoder, cfg.width), cfg)
 
 
-def training_loader(cfg, ds, device, rank: int = 0, world: int = 1):
-    """The training loader of ``cfg`` over ``ds``: the ``--train-subset`` images (a fixed random subset;
-    all of them by default), ``--aug``'s two views normalised by the dataset's statistics, this rank's
-    shard of every global batch."""
-    from .augment import TwoViewAugment, policy_pair
-    from .eval import fixed_subset
-    from .loaders import build_loader
-    indices = fixed_subset(len(ds.train_y), cfg.train_subset, cfg.seed).numpy()
-    augment = TwoViewAugment(*policy_pair(cfg.aug), ds.mean, ds.std, channels_last=cfg.channels_last)
-    return build_loader(cfg, ds, indices, augment, device, rank=rank, world=world)
-
-
 def begin_epoch(loader, seed: int, epoch: int) -> None:
     """Start an epoch: the loader's permutation and the method-side noise (DARe's eps) depend only on
     (seed, epoch), so a resumed run replays them."""
@@ -72,9 +60,10 @@ def begin_epoch(loader, seed: int, epoch: int) -> None:
 
 class Step:
     """One optimiser step of pretraining (see the module docstring). ``method`` is the unwrapped method
-    (what checkpoints hold), ``model`` what the step calls (DDP-wrapped and/or compiled)."""
+    (what checkpoints hold), ``model`` what the step calls (DDP-wrapped and/or compiled), ``schedule``
+    the run's lr and progress over ``steps_per_epoch`` steps an epoch."""
 
-    def __init__(self, cfg, method: torch.nn.Module, device: torch.device, world: int = 1):
+    def __init__(self, cfg, method: torch.nn.Module, device: torch.device, steps_per_epoch: int, world: int = 1):
         enable_fast_math()
         self.cfg, self.device = cfg, torch.device(device)
         if world > 1:
@@ -89,7 +78,8 @@ class Step:
         if cfg.compile == "on":
             model = compile_model(model, shapes=input_shapes(cfg))
         self.model = model
-        self.amp, self.peak_lr = amp_dtype(cfg.amp), peak_learning_rate(cfg)
+        self.schedule = TrainSchedule.from_config(cfg, steps_per_epoch)  # the lr (with --lr-scaling) and progress
+        self.amp, self.peak_lr = amp_dtype(cfg.amp), self.schedule.peak_lr
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
 
     def __call__(self, views, labels, lr: float, at: tuple[int, int]) -> torch.Tensor:
@@ -143,9 +133,8 @@ class StepTimer:
     def __init__(self, cfg, loader=None):
         self.cfg, self.device = cfg, torch.device(cfg.device)
         self.loader = loader or synthetic_loader(cfg, self.device)
-        self.step = Step(cfg, build_method(cfg), self.device)
-        self.method = self.step.method
-        self.schedule = TrainSchedule.from_config(cfg, len(self.loader))
+        self.step = Step(cfg, build_method(cfg), self.device, len(self.loader))
+        self.method, self.schedule = self.step.method, self.step.schedule
         self.batches, self.done = self._batches(), 0
         self.method.train()
 

@@ -39,9 +39,10 @@ from data_prep import load_dataset
 from . import distributed, methods, train_state
 from .checkpoint import CHECKPOINT, CheckpointError, load_checkpoint
 from .config import Config, config_from_checkpoint
+from .augment import TwoViewAugment, policy_pair
 from .eval import Evaluator, fixed_subset
-from .schedule import TrainSchedule
-from .step import Step, build_method, training_loader
+from .loaders import build_loader
+from .step import Step, build_method
 from .train_run import GlobalSize, Run, TrainingDiverged
 from .train_state import TrainState
 
@@ -82,6 +83,15 @@ def train(cfg: Config) -> dict | None:
     finally:
         if owns_group:
             distributed.shutdown()
+
+
+def training_loader(cfg, ds, device, rank: int = 0, world: int = 1):
+    """The training loader of ``cfg`` over ``ds``: the ``--train-subset`` images (a fixed random subset;
+    all of them by default), ``--aug``'s two views normalised by the dataset's statistics, this rank's
+    shard of every global batch."""
+    indices = fixed_subset(len(ds.train_y), cfg.train_subset, cfg.seed).numpy()
+    augment = TwoViewAugment(*policy_pair(cfg.aug), ds.mean, ds.std, channels_last=cfg.channels_last)
+    return build_loader(cfg, ds, indices, augment, device, rank=rank, world=world)
 
 
 def _load_data(cfg: Config, main: bool, log):
@@ -162,7 +172,7 @@ def _train(cfg: Config, device: torch.device) -> dict | None:
         log(f"data: {ds.name} from {ds.source}; training on {len(train_idx)} images{where}"
             + (f"; {world} processes, {cfg.batch_size // world} images each per step" if world > 1 else ""))
     loader = _once_per_node(lambda: training_loader(cfg, ds, device, rank=rank, world=world))
-    step = Step(cfg, build_method(cfg), device, world)
+    step = Step(cfg, build_method(cfg), device, len(loader), world)
     state = TrainState()
     if ckpt is not None:
         step.load_state_dict(ckpt)
@@ -170,7 +180,7 @@ def _train(cfg: Config, device: torch.device) -> dict | None:
         log(f"resumed from {ckpt_path} at epoch {state.epoch}" + (f", batch {state.batch}" if state.batch else "")
             + (f", {state.train_s:.1f} of {cfg.time_budget:g} training seconds spent" if cfg.time_budget else ""))
     run = Run(cfg, device, ds, step, state, evaluator, t_start, saved=ckpt is not None, main=main, log=log)
-    schedule, steps_per_epoch, budget = TrainSchedule.from_config(cfg, len(loader)), len(loader), cfg.time_budget
+    schedule, steps_per_epoch, budget = step.schedule, len(loader), cfg.time_budget
     if ckpt is None and main:  # the other ranks wait in their first step's collectives meanwhile
         state.knn_top1_init = run.measure_knn(0, 0)
         if state.knn_top1_init is not None:

@@ -46,7 +46,7 @@ def test_bench_step_equals_training_step(tmp_path, tiny_folder, method):
 def test_step_lr_follows_lr_scaling_and_fixed_groups():
     cfg = resolve(parse_args(["--method", "simclr", "--device", "cpu", "--width", "8", "--proj-hidden", "16",
                               "--proj-dim", "8", "--batch-size", "64", "--lr", "0.4", "--lr-scaling", "sqrt"]))
-    step = Step(cfg, build_method(cfg), torch.device("cpu"))
+    step = Step(cfg, build_method(cfg), torch.device("cpu"), steps_per_epoch=10)
     assert step.peak_lr == pytest.approx(0.4 * (64 / 256) ** 0.5)
     assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32  # training's settings
     g = torch.Generator().manual_seed(0)
