@@ -97,9 +97,12 @@ def _run(prog: str, body, argv) -> int:
         return 2
 
 
-def _write(result: dict, out: Path) -> None:
+def _write(result: dict, out: Path) -> int:
+    """The result as JSON at ``out`` (said on stdout); the exit code 0."""
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out, result)
+    print(f"wrote {out}")
+    return 0
 
 
 # ---- linear_eval.py --------------------------------------------------------------------------------
@@ -164,10 +167,7 @@ def linear_eval_main(argv=None) -> int:
                       **{f"knn_top1_k{k}": v for k, v in knn.items()}, dataset=ds.name,
                       train_images=len(train_y), test_images=len(test_y), seed=seed, device=device_name(device),
                       settings=settings, linear_s=linear_s, knn_s=knn_s, wall_s=time.perf_counter() - t0)
-        out = args.out or path.parent / f"linear_eval-{args.protocol}.json"
-        _write(result, out)
-        print(f"wrote {out}")
-        return 0
+        return _write(result, args.out or path.parent / f"linear_eval-{args.protocol}.json")
 
     return _run("linear_eval.py", body, argv)
 
@@ -213,10 +213,7 @@ def finetune_main(argv=None) -> int:
                       train_images=len(train_y), test_images=len(test_y), epochs=args.epochs, seed=seed,
                       lr=args.lr, batch_size=args.batch_size, weight_decay=args.weight_decay, dataset=ds.name,
                       device=device_name(device), wall_s=wall)
-        out = args.out or path.parent / f"finetune-{args.labels_fraction:g}.json"
-        _write(result, out)
-        print(f"wrote {out}")
-        return 0
+        return _write(result, args.out or path.parent / f"finetune-{args.labels_fraction:g}.json")
 
     return _run("finetune.py", body, argv)
 

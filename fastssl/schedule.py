@@ -79,13 +79,6 @@ def resolution_at(schedule: list[tuple[float, int]], progress: float, full: int 
 PROGRESS_STEPS = 1_000_000  # budget mode: Method.on_step sees progress as (round(p * this), this)
 
 
-def peak_learning_rate(cfg) -> float:
-    """``cfg.lr`` is per 256 images; scaled to the global batch B by ``cfg.lr_scaling``:
-    linear: lr B / 256 (the default), sqrt: lr sqrt(B / 256), none: lr."""
-    ratio = cfg.batch_size / 256
-    return cfg.lr * {"linear": ratio, "sqrt": math.sqrt(ratio), "none": 1.0}[cfg.lr_scaling or "linear"]
-
-
 @dataclass(frozen=True)
 class TrainSchedule:
     """A run's progress, lr and the position ``Method.on_step`` sees, in either mode: epochs (progress =
@@ -95,12 +88,6 @@ class TrainSchedule:
     warmup_steps: int
     warmup_frac: float
     budget: float
-
-    @classmethod
-    def from_config(cls, cfg, steps_per_epoch: int) -> TrainSchedule:
-        return cls(peak_lr=peak_learning_rate(cfg), total_steps=cfg.epochs * steps_per_epoch,
-                   warmup_steps=round(cfg.warmup_epochs * steps_per_epoch),
-                   warmup_frac=min(1.0, cfg.warmup_epochs / cfg.epochs), budget=cfg.time_budget)
 
     def progress(self, step: int, train_s: float) -> float:
         return min(1.0, train_s / self.budget) if self.budget else min(1.0, step / max(1, self.total_steps))

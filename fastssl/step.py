@@ -45,6 +45,21 @@ def input_shapes(cfg) -> int:
     return len(parse_res_schedule(cfg.res_schedule, full=cfg.resolution)) + 1 + (cfg.local_crops > 0)
 
 
+def peak_learning_rate(cfg) -> float:
+    """``cfg.lr`` is per 256 images; scaled to the global batch B by ``cfg.lr_scaling``:
+    linear: lr B / 256 (the default), sqrt: lr sqrt(B / 256), none: lr."""
+    ratio = cfg.batch_size / 256
+    return cfg.lr * {"linear": ratio, "sqrt": math.sqrt(ratio), "none": 1.0}[cfg.lr_scaling or "linear"]
+
+
+def train_schedule(cfg, steps_per_epoch: int) -> TrainSchedule:
+    """The run's lr and progress: ``--epochs`` epochs of ``steps_per_epoch`` steps (or ``--time-budget``
+    seconds), ``--warmup-epochs`` of linear warmup, the peak lr scaled by ``--lr-scaling``."""
+    return TrainSchedule(peak_lr=peak_learning_rate(cfg), total_steps=cfg.epochs * steps_per_epoch,
+                         warmup_steps=round(cfg.warmup_epochs * steps_per_epoch),
+                         warmup_frac=min(1.0, cfg.warmup_epochs / cfg.epochs), budget=cfg.time_budget)
+
+
 def build_method(cfg) -> torch.nn.Module:
     """The method of ``cfg`` on a fresh encoder, its weights drawn from ``cfg.seed``."""
     torch.manual_seed(cfg.seed)
@@ -78,7 +93,7 @@ class Step:
         if cfg.compile == "on":
             model = compile_model(model, shapes=input_shapes(cfg))
         self.model = model
-        self.schedule = TrainSchedule.from_config(cfg, steps_per_epoch)  # the lr (with --lr-scaling) and progress
+        self.schedule = train_schedule(cfg, steps_per_epoch)  # the lr (with --lr-scaling) and progress
         self.amp, self.peak_lr = amp_dtype(cfg.amp), self.schedule.peak_lr
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
 

@@ -492,7 +492,7 @@ def test_global_batch_must_divide_by_world_size(monkeypatch, capsys):
 @pytest.mark.parametrize("rule,expected", [("linear", 0.4 * 2), ("sqrt", 0.4 * 2 ** 0.5), ("none", 0.4)])
 def test_lr_scaling_rule(rule, expected):
     from fastssl.config import parse_args, resolve
-    from fastssl.schedule import peak_learning_rate
+    from fastssl.step import peak_learning_rate
     cfg = resolve(parse_args(["--device", "cpu", "--lr", "0.4", "--batch-size", "512", "--lr-scaling", rule]))
     assert peak_learning_rate(cfg) == pytest.approx(expected)
 
