@@ -227,7 +227,9 @@ def _train(cfg: Config, device: torch.device) -> dict | None:
                 break
             if train_s - last_ckpt >= CHECKPOINT_EVERY_S and not last_batch:
                 state.epoch_train_s = train_s - epoch_t0
-                run.save(distributed.all_reduce_mean(loss_sum).item())
+                loss_so_far = distributed.all_reduce_mean(loss_sum).item()  # a collective: every rank
+                if main:
+                    run.save(loss_so_far)
                 last_ckpt = train_s
         row, whole = run.end_epoch(epoch, steps_per_epoch, loss_sum, lr, train_s, epoch_t0)
         if main and whole and last_knn_step != state.step and (
