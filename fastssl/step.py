@@ -80,7 +80,7 @@ class Step:
 
     def __init__(self, cfg, method: torch.nn.Module, device: torch.device, steps_per_epoch: int, world: int = 1):
         enable_fast_math()
-        self.cfg, self.device = cfg, torch.device(device)
+        self.device = torch.device(device)  # the Config is read here, once: the step keeps none of it
         if world > 1:
             method = distributed.convert_batchnorm(method, self.device)  # BatchNorm over the global batch
         fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
