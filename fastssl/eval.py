@@ -1,4 +1,4 @@
-"""Evaluation of a backbone (DESIGN section 5): the kNN monitor, the fast linear probe on precomputed
+"""Evaluation of a backbone: the kNN monitor, the fast linear probe on precomputed
 features, the standard linear protocol (a linear head on the frozen backbone with crop + flip) and
 full fine-tuning, optionally on a class-balanced fraction of the labels (semi-supervised)."""
 from __future__ import annotations
@@ -31,7 +31,7 @@ def extract_features(encoder: nn.Module, images: torch.Tensor, mean, std, batch_
     return torch.cat(out)
 
 
-KNN_KS = (20, 200)  # the two neighbourhood sizes reported (200 is the monitor's, as in DESIGN section 5)
+KNN_KS = (20, 200)  # the two neighbourhood sizes reported (200 is the monitor's default --knn-k)
 
 
 @torch.no_grad()

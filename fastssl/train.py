@@ -1,5 +1,7 @@
-"""The training loop: data on the device, two views, method loss, optimiser step; kNN monitor,
-atomic checkpoints, exact resume, metrics.jsonl, summary.json and curves.png in ``cfg.out``.
+"""The training loop: data on the device, two views, one ``fastssl.step.Step`` per batch; kNN monitor,
+atomic checkpoints, exact resume, metrics.jsonl, summary.json and curves.png in ``cfg.out``. The run's
+state between steps is a ``TrainState`` (``fastssl.train_state``); the loop's helpers (evaluation, the
+target stop, checkpoints, reports) are ``fastssl.train_run.Run``'s.
 
 Two ways to say how long to train:
 
