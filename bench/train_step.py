@@ -7,7 +7,8 @@ Rows (cumulative): eager fp32 -> + channels-last -> + AMP bf16 -> + torch.compil
 kernels. Each row builds the method afresh (``--method``, default simclr) on the ``resident`` loader
 (the uint8 dataset on the device, batched device-side two-view augmentation), runs ``--warmup`` steps
 (compilation happens there, reported as first-steps time); then the rows are timed round-robin,
-``--repeats`` passes of ``--steps`` steps of train.py's step (forward, loss, backward, optimiser step),
+``--repeats`` passes of ``--steps`` steps of training's own step (``fastssl.step.Step``: forward, loss,
+backward, optimiser step, with training's lr schedule and tf32 on, as ``train`` builds it),
 and each row reports its median pass. Images/s counts images per second (each gives two views).
 
 On a CPU a row that cannot say anything useful is skipped with its reason rather than run: bf16
@@ -24,7 +25,6 @@ import statistics
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,7 +74,7 @@ def skip_reason(feature: dict, device: torch.device, args) -> str | None:
     if device.type == "cuda":
         return None
     if "amp" in feature and not args.cpu_bf16:
-        return "CPU: bf16 autocast is 20-30x slower than fp32 on AVX2-only CPUs (TOOLCHAIN.md); --cpu-bf16 times it"
+        return "CPU: bf16 autocast is 20-30x slower than fp32 on AVX2-only CPUs (docs/toolchain.md); --cpu-bf16 times it"
     if "compile" in feature and not args.cpu_compile:
         return "CPU: torch.compile takes ~1 min per network on 2 cores; --cpu-compile times it"
     if "kernels" in feature:
@@ -82,14 +82,27 @@ def skip_reason(feature: dict, device: torch.device, args) -> str | None:
     return None
 
 
+def row_config(args, encoder: str, device, options: dict, with_data: bool):
+    """The resolved Config of one row: training's defaults and the method's recipe, with the row's options;
+    on a dataset, the first ``8 x batch`` images of a fixed random subset (training's ``--train-subset``)."""
+    from fastssl.config import Config, resolve
+    return resolve(Config(method=args.method, encoder=encoder, width=args.width, batch_size=args.batch_size,
+                          device=device.type, progress=False, train_subset=args.batch_size * 8 if with_data else 0,
+                          **options))
+
+
+def build_timer(cfg, device, ds):
+    """The row's training step (``fastssl.step.Step``, as ``train`` builds it) over training's loader on
+    ``ds`` (None: random uint8 images)."""
+    from fastssl.step import StepTimer, synthetic_loader
+    from fastssl.train import training_loader
+    loader = synthetic_loader(cfg, device, images=cfg.batch_size * 4) if ds is None else training_loader(cfg, ds, device)
+    return StepTimer(cfg, loader)
+
+
 def bench_encoder(encoder: str, args, device, ds, save=lambda rows: None) -> list[dict]:
     """Build and warm up every row, then time them round-robin ``--repeats`` times (median per row), so
     that a slow spell of a shared machine falls on every row alike rather than on one."""
-    from fastssl.augment import TwoViewAugment, policy_pair
-    from fastssl.config import Config, resolve
-    from fastssl.loaders import make_loader
-    from fastssl.reproduce import StepTimer, synthetic_loader
-
     rows, timers, active = [], {}, dict(BASE)
     torch._dynamo.reset()
     for name, feature in LADDER:
@@ -99,19 +112,12 @@ def bench_encoder(encoder: str, args, device, ds, save=lambda rows: None) -> lis
             print(f"  {encoder} {name}: skipped ({reason})", flush=True)
             continue
         active.update(feature)
-        cfg = resolve(Config(method=args.method, encoder=encoder, width=args.width, batch_size=args.batch_size,
-                             device=device.type, progress=False, **active))
-        if ds is None:
-            loader = synthetic_loader(cfg, device, images=args.batch_size * 4)
-        else:
-            augment = TwoViewAugment(*policy_pair(cfg.aug), ds.mean, ds.std, channels_last=cfg.channels_last)
-            idx = np.arange(min(len(ds.train_y), args.batch_size * 8))
-            loader = make_loader("resident", ds, idx, args.batch_size, augment, device, seed=0, verbose=False)
-        timers[name] = StepTimer(cfg, loader)
+        cfg = row_config(args, encoder, device, active, with_data=ds is not None)
+        timers[name] = build_timer(cfg, device, ds)
         warmup_s = timers[name].run(args.warmup) if args.warmup else 0.0
         rows.append(dict(encoder=encoder, row=name, channels_last=cfg.channels_last, amp=cfg.amp,
-                         compile=cfg.compile, kernels=cfg.backend, batch_size=args.batch_size, warmup_s=warmup_s,
-                         step_s_repeats=[]))
+                         compile=cfg.compile, kernels=cfg.backend, tf32=torch.backends.cuda.matmul.allow_tf32,
+                         batch_size=args.batch_size, warmup_s=warmup_s, step_s_repeats=[]))
         print(f"  {encoder} {name}: built, first {args.warmup} steps {warmup_s:.1f} s", flush=True)
     measured = [r for r in rows if "skipped" not in r]
     for rep in range(args.repeats):
@@ -124,7 +130,7 @@ def bench_encoder(encoder: str, args, device, ds, save=lambda rows: None) -> lis
             r["step_s"] = statistics.median(r["step_s_repeats"])
             r["images_per_s"] = args.batch_size / r["step_s"]
             r["speedup"] = r["images_per_s"] / measured[0]["images_per_s"] if "step_s" in measured[0] else 1.0
-        save(rows)
+            save(rows)  # after every row: a run cut short keeps what it measured
         print(f"  {encoder} repeat {rep + 1}/{args.repeats}: "
               + ", ".join(f"{r['row']} {r['images_per_s']:.0f}/s" for r in measured), flush=True)
     timers.clear()
@@ -137,6 +143,9 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         if "skipped" in r:
             lines.append(f"| {r['encoder']} | {r['row']} | skipped | | | | {r['skipped']} |")
+            continue
+        if "step_s" not in r:  # saved while an earlier row was being timed
+            lines.append(f"| {r['encoder']} | {r['row']} | not timed yet | | | {r['warmup_s']:.1f} | |")
             continue
         on = ", ".join(k for k, v in (("channels-last", r["channels_last"]), ("bf16", r["amp"] == "bf16"),
                                       ("compile", r["compile"] == "on"), ("triton", r["kernels"] == "triton")) if v)

@@ -2,10 +2,9 @@
 
     python scripts/compare_runs.py runs/simclr-cifar10-resnet18 runs/dare-cifar10-resnet18 --out compare.png
 
-Reads each run folder's ``summary.json`` (written at the end of a run) and ``metrics.jsonl`` (one row
-per epoch, and with newer runs one ``"event": "knn"`` row per kNN measurement; rows without
-``"event"`` are epoch rows of older runs). A run still training has no summary: its numbers come
-from the metrics so far. ``linear_eval.py`` results in the folder are shown with their protocol.
+Reads each run folder's ``summary.json`` (written at the end of a run) and ``metrics.jsonl`` (an
+``"event": "epoch"`` row per epoch and an ``"event": "knn"`` row per kNN measurement, each with its
+``wall_s``). A run still training has no summary: its numbers come from the metrics so far. ``linear_eval.py`` results in the folder are shown with their protocol.
 """
 from __future__ import annotations
 
@@ -49,9 +48,12 @@ def read_run(folder: str | Path) -> dict:
             if not line.strip():
                 continue
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError:
                 raise RunError(f"{metrics_path}: line {n} is not JSON") from None
+            if not isinstance(row, dict) or "event" not in row or "wall_s" not in row:
+                raise RunError(f"{metrics_path}: line {n} is not a fastssl metrics row (no event or wall_s)")
+            rows.append(row)
     linear = {}
     for path in sorted(folder.glob("linear_eval-*.json")):
         result = _read_json(path)
@@ -62,20 +64,16 @@ def read_run(folder: str | Path) -> dict:
 
 
 def knn_curve(summary: dict, rows: list[dict]) -> list[tuple[float, float]]:
-    """(wall seconds, kNN top-1) points, starting at (0, kNN before training) when known. Rows carry
-    ``wall_s``; older epoch rows do not, and their time is the running sum of ``epoch_s``."""
-    points, elapsed = [], 0.0
+    """(wall seconds, kNN top-1) points, starting at (0, kNN before training) when known."""
+    points = []
     if summary.get("knn_top1_init") is not None:
         points.append((0.0, float(summary["knn_top1_init"])))
     for row in rows:
-        event = row.get("event", "epoch")
-        if event == "epoch":
-            elapsed += float(row.get("epoch_s") or 0.0)
-        if event not in ("epoch", "knn") or row.get("knn_top1") is None:
+        if row["event"] not in ("epoch", "knn") or row.get("knn_top1") is None:
             continue
-        wall = float(row["wall_s"]) if row.get("wall_s") is not None else elapsed
-        if not points or points[-1] != (wall, float(row["knn_top1"])):  # an epoch row and a knn row of one step
-            points.append((wall, float(row["knn_top1"])))
+        point = (float(row["wall_s"]), float(row["knn_top1"]))
+        if not points or points[-1] != point:  # an epoch row and a knn row of one step
+            points.append(point)
     return sorted(points)
 
 
@@ -94,15 +92,15 @@ def _fmt_wall(seconds) -> str:
 def table_row(run: dict) -> dict:
     s, rows = run["summary"], run["rows"]
     cfg = s.get("config") or {}
-    epoch_rows = [r for r in rows if r.get("event", "epoch") == "epoch"]
+    epoch_rows = [r for r in rows if r["event"] == "epoch"]
     if s.get("images_seen") and s.get("train_s"):
         rate = s["images_seen"] / s["train_s"]
-    else:  # older summaries: the epochs' own rates
+    else:  # still training (no summary): the epochs' own rates
         rates = [r["images_per_s"] for r in epoch_rows if r.get("images_per_s")]
         rate = sum(rates) / len(rates) if rates else None
     wall = s.get("wall_s")
-    if wall is None and rows:  # still training: the last row's wall, or (older rows) the epochs' sum
-        wall = rows[-1].get("wall_s") or sum(r.get("epoch_s") or 0.0 for r in epoch_rows) or None
+    if wall is None and rows:  # still training: the last row's wall
+        wall = rows[-1]["wall_s"]
     knn = s.get("knn_top1")
     if knn is None and run["curve"]:
         knn = run["curve"][-1][1]

@@ -8,7 +8,7 @@ WORLD_SIZE > 1 nothing here does anything and training is the single-process run
 Conventions that make K ranks with global batch B equal one process with batch B:
 
 * Sharding: every loader cuts the epoch's (seed, epoch) permutation into global batches of B
-  indices, and rank r takes the contiguous slice ``shard_rows(len(batch), r, K)`` of each: the K local
+  indices, and rank r takes the contiguous slice ``fastssl.data.shard_rows(len(batch), r, K)`` of each: the K local
   batches concatenated in rank order are the single-process batch.
 * Losses: the quantity a rank back-propagates, ``loss_r``, is chosen so that the global loss is
   the mean over ranks, L = (1/K) sum_r loss_r (a per-sample mean over local rows, or the full
@@ -25,10 +25,8 @@ import os
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 
-from .data import shard_rows  # noqa: F401  (the sharding rule, re-exported)
 
 
 def env_world_size() -> int:
@@ -263,3 +261,12 @@ def _to_cross_rank(module: nn.Module) -> nn.Module:
     for name, child in module.named_children():
         out.add_module(name, _to_cross_rank(child))
     return out
+
+
+def from_rank0(value: float, device) -> float:
+    """Rank 0's value on every rank (the clock and stop decisions must not differ between ranks)."""
+    if world_size() == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.broadcast(t, src=0)
+    return float(t.item())

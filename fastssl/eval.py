@@ -1,13 +1,17 @@
-"""Evaluation of a backbone (DESIGN section 5): the kNN monitor, the fast linear probe on precomputed
+"""Evaluation of a backbone: the kNN monitor, the fast linear probe on precomputed
 features, the standard linear protocol (a linear head on the frozen backbone with crop + flip) and
 full fine-tuning, optionally on a class-balanced fraction of the labels (semi-supervised)."""
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .augment import normalize
+from .data import to_nchw
+from .runtime import amp_dtype
 
 
 @torch.no_grad()
@@ -27,7 +31,7 @@ def extract_features(encoder: nn.Module, images: torch.Tensor, mean, std, batch_
     return torch.cat(out)
 
 
-KNN_KS = (20, 200)  # the two neighbourhood sizes reported (200 is the monitor's, as in DESIGN section 5)
+KNN_KS = (20, 200)  # the two neighbourhood sizes reported (200 is the monitor's default --knn-k)
 
 
 @torch.no_grad()
@@ -147,21 +151,59 @@ def _accuracy(model: nn.Module, images, labels, mean, std, batch_size: int = 102
     return 100.0 * (logits.argmax(1) == labels).float().mean().item()
 
 
-def _train_augmented(model: nn.Module, params, train_x, train_y, mean, std, epochs: int, batch_size: int, lr: float,
-                     momentum: float, weight_decay: float, seed: int, channels_last: bool, log, what: str,
+@dataclass(frozen=True)
+class LabelledSplits:
+    """What a supervised protocol trains and tests on: uint8 NCHW images and int64 labels on the device
+    where it runs, the per-channel ``mean``/``std`` (0-255) the backbone was trained with, the class count."""
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    mean: tuple
+    std: tuple
+    num_classes: int
+
+    @classmethod
+    def of(cls, ds, device, train_rows=None, test_rows=None) -> LabelledSplits:
+        """The rows ``train_rows`` / ``test_rows`` (index tensors; all when None) of a data_prep dataset."""
+        def split(x, y, rows):
+            rows = slice(None) if rows is None else rows.numpy()
+            return to_nchw(x[rows], device), torch.from_numpy(y[rows]).to(device)
+        return cls(*split(ds.train_x, ds.train_y, train_rows), *split(ds.test_x, ds.test_y, test_rows),
+                   ds.mean, ds.std, ds.num_classes)
+
+
+@dataclass(frozen=True)
+class SupervisedSchedule:
+    """The supervised training of a protocol: SGD with momentum, a per-step cosine schedule over ``epochs``."""
+    epochs: int
+    lr: float
+    weight_decay: float
+    batch_size: int = 256
+    momentum: float = 0.9
+    seed: int = 0
+    channels_last: bool = True
+
+
+STANDARD_LINEAR = SupervisedSchedule(epochs=100, lr=0.1, weight_decay=0.0)  # solo-learn's CIFAR linear evaluation
+FINETUNE = SupervisedSchedule(epochs=30, lr=0.05, weight_decay=5e-4)
+
+
+def _train_augmented(model: nn.Module, params, data: LabelledSplits, schedule: SupervisedSchedule, log, what: str,
                      min_size: int = 1) -> None:
     """The supervised loop both protocols share: random crop (4-px padding) + flip drawn afresh every
     epoch, cross-entropy, SGD with momentum on ``params`` and a per-step cosine schedule."""
+    s, train_x, train_y = schedule, data.train_x, data.train_y
     device = train_x.device
-    opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * ((len(train_x) + batch_size - 1) // batch_size))
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    aug_gen = torch.Generator(device=device).manual_seed(seed + 1)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    for epoch in range(epochs):
+    opt = torch.optim.SGD(params, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, s.epochs * ((len(train_x) + s.batch_size - 1) // s.batch_size))
+    gen = torch.Generator(device="cpu").manual_seed(s.seed)
+    aug_gen = torch.Generator(device=device).manual_seed(s.seed + 1)
+    fmt = torch.channels_last if s.channels_last else torch.contiguous_format
+    for epoch in range(s.epochs):
         loss_sum, n = 0.0, 0
-        for idx in _batches(len(train_x), batch_size, gen, device, min_size=min_size):
-            x = normalize(pad_crop_flip(train_x[idx], generator=aug_gen), mean, std).contiguous(memory_format=fmt)
+        for idx in _batches(len(train_x), s.batch_size, gen, device, min_size=min_size):
+            x = normalize(pad_crop_flip(train_x[idx], generator=aug_gen), data.mean, data.std).contiguous(memory_format=fmt)
             loss = F.cross_entropy(model(x), train_y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -169,48 +211,44 @@ def _train_augmented(model: nn.Module, params, train_x, train_y, mean, std, epoc
             sched.step()
             loss_sum, n = loss_sum + loss.item() * len(idx), n + len(idx)
         if log:
-            log(f"{what}: epoch {epoch + 1}/{epochs} loss {loss_sum / max(n, 1):.4f}")
+            log(f"{what}: epoch {epoch + 1}/{s.epochs} loss {loss_sum / max(n, 1):.4f}")
 
 
-def standard_linear_eval(encoder: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
-                         test_y: torch.Tensor, mean, std, num_classes: int, epochs: int = 100, batch_size: int = 256,
-                         lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 0.0, seed: int = 0,
-                         channels_last: bool = True, log=None) -> float:
+def _test_accuracy(model: nn.Module, data: LabelledSplits, schedule: SupervisedSchedule) -> float:
+    return _accuracy(model, data.test_x, data.test_y, data.mean, data.std, channels_last=schedule.channels_last)
+
+
+def standard_linear_eval(encoder: nn.Module, data: LabelledSplits, schedule: SupervisedSchedule = STANDARD_LINEAR,
+                         log=None) -> float:
     """Top-1 test accuracy (%) of the standard linear protocol (solo-learn's CIFAR linear evaluation):
     a linear head on the frozen backbone, BatchNorm in eval mode, random crop (4-px padding) + flip
     drawn afresh every epoch, SGD with momentum and a per-step cosine schedule.
 
     Every epoch runs the backbone forward over the augmented images (no gradient reaches it), so it
     costs ``epochs`` feature passes over the train set: minutes on a GPU, much longer on a CPU.
-    ``train_x``/``test_x`` are uint8 NCHW on the device where it runs.
     """
     was_training = encoder.training
     frozen = [p.requires_grad for p in encoder.parameters()]
     encoder.eval().requires_grad_(False)  # eval: BatchNorm uses (and keeps) its running statistics
-    head = _seeded_linear(encoder.dim, num_classes, seed).to(train_x.device)
+    head = _seeded_linear(encoder.dim, data.num_classes, schedule.seed).to(data.train_x.device)
     model = nn.Sequential(encoder, head)
     try:
-        _train_augmented(model, head.parameters(), train_x, train_y, mean, std, epochs, batch_size, lr, momentum,
-                         weight_decay, seed, channels_last, log, "standard linear")
-        return _accuracy(model, test_x, test_y, mean, std, channels_last=channels_last)
+        _train_augmented(model, head.parameters(), data, schedule, log, "standard linear")
+        return _test_accuracy(model, data, schedule)
     finally:
         for p, flag in zip(encoder.parameters(), frozen):
             p.requires_grad_(flag)
         encoder.train(was_training)
 
 
-def finetune(encoder: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
-             test_y: torch.Tensor, mean, std, num_classes: int, epochs: int = 30, batch_size: int = 256,
-             lr: float = 0.05, momentum: float = 0.9, weight_decay: float = 5e-4, seed: int = 0,
-             channels_last: bool = True, log=None) -> float:
+def finetune(encoder: nn.Module, data: LabelledSplits, schedule: SupervisedSchedule = FINETUNE, log=None) -> float:
     """Top-1 test accuracy (%) after full fine-tuning: backbone (BatchNorm in train mode) and a new
     linear head trained together with random crop (4-px padding) + flip, SGD with momentum and a
     per-step cosine schedule. Changes ``encoder`` in place."""
-    model = nn.Sequential(encoder, _seeded_linear(encoder.dim, num_classes, seed)).to(train_x.device)
+    model = nn.Sequential(encoder, _seeded_linear(encoder.dim, data.num_classes, schedule.seed)).to(data.train_x.device)
     model.requires_grad_(True).train()
-    _train_augmented(model, model.parameters(), train_x, train_y, mean, std, epochs, batch_size, lr, momentum,
-                     weight_decay, seed, channels_last, log, "finetune", min_size=2)  # BatchNorm needs 2 images
-    return _accuracy(model, test_x, test_y, mean, std, channels_last=channels_last)
+    _train_augmented(model, model.parameters(), data, schedule, log, "finetune", min_size=2)  # BatchNorm needs 2 images
+    return _test_accuracy(model, data, schedule)
 
 
 def fixed_subset(n: int, size: int, seed: int) -> torch.Tensor:
@@ -219,3 +257,42 @@ def fixed_subset(n: int, size: int, seed: int) -> torch.Tensor:
     if size <= 0 or size >= n:
         return torch.arange(n)
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:size].sort().values
+
+
+class Evaluator:
+    """kNN monitor (and, at the end, the linear probe) on fixed subsets of train (bank) and test.
+
+    ``mean``/``std`` (default: the dataset's) normalise the images as in training: pass the training set's
+    when evaluating on another labelled set (``--eval-data``). A labelled set without a test split gives
+    a fixed fifth of its images as queries and the rest as the bank."""
+
+    def __init__(self, ds, cfg, device, mean=None, std=None):
+        train_x, train_y, test_x, test_y = ds.train_x, ds.train_y, ds.test_x, ds.test_y
+        if len(test_y) == 0:
+            order = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(cfg.seed + 3)).numpy()
+            held = order[:max(1, len(order) // 5)]
+            kept = order[len(held):]
+            train_x, train_y, test_x, test_y = train_x[kept], train_y[kept], train_x[held], train_y[held]
+        bank = fixed_subset(len(train_y), cfg.knn_bank, cfg.seed + 1).numpy()
+        queries = fixed_subset(len(test_y), cfg.knn_queries, cfg.seed + 2).numpy()
+        self.bank_x, self.bank_y = to_nchw(train_x[bank], device), torch.from_numpy(train_y[bank]).to(device)
+        self.query_x, self.query_y = to_nchw(test_x[queries], device), torch.from_numpy(test_y[queries]).to(device)
+        self.mean = ds.mean if mean is None else mean
+        self.std = ds.std if std is None else std
+        self.num_classes, self.cfg = ds.num_classes, cfg
+        self.amp = amp_dtype(cfg.amp)
+
+    def features(self, encoder):
+        kw = dict(channels_last=self.cfg.channels_last, amp_dtype=self.amp)
+        return (extract_features(encoder, self.bank_x, self.mean, self.std, **kw),
+                extract_features(encoder, self.query_x, self.mean, self.std, **kw))
+
+    def knn(self, encoder) -> dict[int, float]:
+        """kNN top-1 (%) at k = 20 and at --knn-k (200 by default), from one similarity search."""
+        bank, queries = self.features(encoder)
+        return knn_accuracies(bank, self.bank_y, queries, self.query_y, self.num_classes, ks=(20, self.cfg.knn_k),
+                              temperature=self.cfg.knn_t)
+
+    def linear(self, encoder) -> float:
+        bank, queries = self.features(encoder)
+        return linear_probe(bank, self.bank_y, queries, self.query_y, self.num_classes, seed=self.cfg.seed)

@@ -7,10 +7,12 @@ reported as one line ``<script>: error: ...`` with exit code 2.
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 import sys
 import time
 from pathlib import Path
+
+from data_prep.atomic import write_json
 
 from .config import _non_negative  # the command line's own check: one message for the same mistake
 
@@ -81,14 +83,6 @@ def _setup(args):
     return path, ckpt, encoder, ds, device, seed, channels_last
 
 
-def _split(ds, split: str, subset, device):
-    from .data import to_nchw
-    import torch
-    x, y = (ds.train_x, ds.train_y) if split == "train" else (ds.test_x, ds.test_y)
-    idx = subset.numpy()
-    return to_nchw(x[idx], device), torch.from_numpy(y[idx]).to(device)
-
-
 def _run(prog: str, body, argv) -> int:
     """Run ``body``; the errors a user can cause become one line and exit code 2."""
     from data_prep import DataError
@@ -103,9 +97,12 @@ def _run(prog: str, body, argv) -> int:
         return 2
 
 
-def _write(result: dict, out: Path) -> None:
+def _write(result: dict, out: Path) -> int:
+    """The result as JSON at ``out`` (said on stdout); the exit code 0."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(out, result)
+    print(f"wrote {out}")
+    return 0
 
 
 # ---- linear_eval.py --------------------------------------------------------------------------------
@@ -132,21 +129,21 @@ def linear_eval_main(argv=None) -> int:
     args = linear_eval_parser().parse_args(argv)
 
     def body():
-        import torch
-
-        from .eval import KNN_KS, extract_features, fixed_subset, knn_accuracies, linear_probe, standard_linear_eval
+        from .eval import (KNN_KS, STANDARD_LINEAR, LabelledSplits, extract_features, fixed_subset, knn_accuracies,
+                           linear_probe, standard_linear_eval)
+        from .runtime import device_name
         t0 = time.perf_counter()
         path, ckpt, encoder, ds, device, seed, channels_last = _setup(args)
         bank = fixed_subset(len(ds.train_y), args.train_subset, seed + 1)
         queries = fixed_subset(len(ds.test_y), args.test_subset, seed + 2)
-        train_x, train_y = _split(ds, "train", bank, device)
-        test_x, test_y = _split(ds, "test", queries, device)
+        data = LabelledSplits.of(ds, device, bank, queries)
+        train_y, test_y = data.train_y, data.test_y
         print(f"{path}: {ckpt['config'].get('method')} {ckpt['config']['encoder']} width {ckpt['config']['width']}; "
               f"{ds.name}: {len(train_y)} train / {len(test_y)} test images; device {device}", flush=True)
         t_feat = time.perf_counter()
         kw = dict(channels_last=channels_last)
-        train_h = extract_features(encoder, train_x, ds.mean, ds.std, **kw)
-        test_h = extract_features(encoder, test_x, ds.mean, ds.std, **kw)
+        train_h = extract_features(encoder, data.train_x, ds.mean, ds.std, **kw)
+        test_h = extract_features(encoder, data.test_x, ds.mean, ds.std, **kw)
         knn = knn_accuracies(train_h, train_y, test_h, test_y, ds.num_classes, KNN_KS,
                              ckpt["config"].get("knn_t") or 0.1)
         print("kNN top-1: " + ", ".join(f"k={k} {v:.2f}%" for k, v in knn.items()), flush=True)
@@ -157,35 +154,22 @@ def linear_eval_main(argv=None) -> int:
                                 batch_size=args.batch_size or 1024, lr=args.lr or 1e-3, seed=seed)
             settings = dict(optimizer="adamw", lr=args.lr or 1e-3, batch_size=args.batch_size or 1024)
         else:
-            top1 = standard_linear_eval(encoder, train_x, train_y, test_x, test_y, ds.mean, ds.std, ds.num_classes,
-                                        epochs=args.epochs, batch_size=args.batch_size or 256, lr=args.lr or 0.1,
-                                        seed=seed, channels_last=channels_last,
-                                        log=lambda line: print(line, flush=True))
-            settings = dict(optimizer="sgd", momentum=0.9, weight_decay=0.0, lr=args.lr or 0.1,
-                            batch_size=args.batch_size or 256, augmentation="random crop (4-px padding) + flip",
+            schedule = dataclasses.replace(STANDARD_LINEAR, epochs=args.epochs, batch_size=args.batch_size or 256,
+                                           lr=args.lr or 0.1, seed=seed, channels_last=channels_last)
+            top1 = standard_linear_eval(encoder, data, schedule, log=lambda line: print(line, flush=True))
+            settings = dict(optimizer="sgd", momentum=schedule.momentum, weight_decay=schedule.weight_decay,
+                            lr=schedule.lr, batch_size=schedule.batch_size, augmentation="random crop (4-px padding) + flip",
                             backbone="frozen, BatchNorm in eval mode", schedule="cosine")
         linear_s = time.perf_counter() - t_lin
         print(f"linear top-1 ({args.protocol} protocol, {args.epochs} epochs): {top1:.2f}% in {linear_s:.0f} s",
               flush=True)
         result = dict(ckpt=str(path), protocol=args.protocol, linear_top1=top1, epochs=args.epochs,
                       **{f"knn_top1_k{k}": v for k, v in knn.items()}, dataset=ds.name,
-                      train_images=len(train_y), test_images=len(test_y), seed=seed, device=_device_name(device),
+                      train_images=len(train_y), test_images=len(test_y), seed=seed, device=device_name(device),
                       settings=settings, linear_s=linear_s, knn_s=knn_s, wall_s=time.perf_counter() - t0)
-        out = args.out or path.parent / f"linear_eval-{args.protocol}.json"
-        _write(result, out)
-        print(f"wrote {out}")
-        return 0
+        return _write(result, args.out or path.parent / f"linear_eval-{args.protocol}.json")
 
     return _run("linear_eval.py", body, argv)
-
-
-def _device_name(device) -> str:
-    import os
-
-    import torch
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
 
 
 # ---- finetune.py -----------------------------------------------------------------------------------
@@ -210,28 +194,26 @@ def finetune_main(argv=None) -> int:
     args = finetune_parser().parse_args(argv)
 
     def body():
-        from .eval import balanced_subset, finetune, fixed_subset
+        from .eval import FINETUNE, LabelledSplits, balanced_subset, finetune, fixed_subset
+        from .runtime import device_name
         t0 = time.perf_counter()
         path, ckpt, encoder, ds, device, seed, channels_last = _setup(args)
         labelled = balanced_subset(ds.train_y, args.labels_fraction, seed)
         queries = fixed_subset(len(ds.test_y), args.test_subset, seed + 2)
-        train_x, train_y = _split(ds, "train", labelled, device)
-        test_x, test_y = _split(ds, "test", queries, device)
+        data = LabelledSplits.of(ds, device, labelled, queries)
+        train_y, test_y = data.train_y, data.test_y
         print(f"{path}: fine-tuning on {len(train_y)} labelled images ({args.labels_fraction:g} of {len(ds.train_y)}, "
               f"class-balanced, seed {seed}); {len(test_y)} test images; device {device}", flush=True)
-        top1 = finetune(encoder, train_x, train_y, test_x, test_y, ds.mean, ds.std, ds.num_classes,
-                        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-                        seed=seed, channels_last=channels_last, log=lambda line: print(line, flush=True))
+        schedule = dataclasses.replace(FINETUNE, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                                       weight_decay=args.weight_decay, seed=seed, channels_last=channels_last)
+        top1 = finetune(encoder, data, schedule, log=lambda line: print(line, flush=True))
         wall = time.perf_counter() - t0
         print(f"fine-tuned top-1: {top1:.2f}% in {wall:.0f} s")
         result = dict(ckpt=str(path), protocol="finetune", labels_fraction=args.labels_fraction, top1=top1,
                       train_images=len(train_y), test_images=len(test_y), epochs=args.epochs, seed=seed,
                       lr=args.lr, batch_size=args.batch_size, weight_decay=args.weight_decay, dataset=ds.name,
-                      device=_device_name(device), wall_s=wall)
-        out = args.out or path.parent / f"finetune-{args.labels_fraction:g}.json"
-        _write(result, out)
-        print(f"wrote {out}")
-        return 0
+                      device=device_name(device), wall_s=wall)
+        return _write(result, args.out or path.parent / f"finetune-{args.labels_fraction:g}.json")
 
     return _run("finetune.py", body, argv)
 

@@ -8,6 +8,7 @@ budget is spent, whatever the speed of the machine.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 
 def lr_at(step: int, total_steps: int, warmup_steps: int, peak_lr: float, final_frac: float = 0.0) -> float:
@@ -73,3 +74,31 @@ def resolution_at(schedule: list[tuple[float, int]], progress: float, full: int 
         if progress < end:
             return px
     return schedule[-1][1] if schedule else full
+
+
+PROGRESS_STEPS = 1_000_000  # budget mode: Method.on_step sees progress as (round(p * this), this)
+
+
+@dataclass(frozen=True)
+class TrainSchedule:
+    """A run's progress, lr and the position ``Method.on_step`` sees, in either mode: epochs (progress =
+    steps / total steps, the lr counted in steps) or ``--time-budget`` (progress = training seconds / budget)."""
+    peak_lr: float
+    total_steps: int
+    warmup_steps: int
+    warmup_frac: float
+    budget: float
+
+    def progress(self, step: int, train_s: float) -> float:
+        return min(1.0, train_s / self.budget) if self.budget else min(1.0, step / max(1, self.total_steps))
+
+    def lr(self, step: int, progress: float) -> float:
+        if self.budget:
+            return lr_at_progress(progress, self.warmup_frac, self.peak_lr)
+        return lr_at(step, self.total_steps, self.warmup_steps, self.peak_lr)
+
+    def position(self, step: int, progress: float) -> tuple[int, int]:
+        """(done, total) for ``Method.on_step``: steps, or progress in millionths under a budget."""
+        if self.budget:
+            return round(progress * PROGRESS_STEPS), PROGRESS_STEPS
+        return step, self.total_steps

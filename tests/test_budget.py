@@ -11,7 +11,10 @@ import torch
 from PIL import Image
 
 from fastssl import methods
+from fastssl import checkpoint as checkpoint_mod
 from fastssl import train as train_mod
+from fastssl.step import compile_model
+from fastssl import train_state
 from fastssl.checkpoint import load_checkpoint
 from fastssl.cli import main
 from fastssl.schedule import lr_at, lr_at_progress, parse_res_schedule, resolution_at
@@ -59,7 +62,7 @@ def test_res_schedule_parse_and_lookup():
 def fake_clock(monkeypatch):
     """train's clock only moves when a method runs a training step."""
     now = [1000.0]
-    monkeypatch.setattr(train_mod, "_now", lambda: now[0])
+    monkeypatch.setattr(train_state, "now", lambda: now[0])
     for name in ("simclr", "dare"):
         cls = methods.get_method(name)
         real = cls.forward
@@ -105,18 +108,18 @@ def test_budget_resume_continues_where_it_stopped(tmp_path, tiny_folder, fake_cl
     args = ("--time-budget", "2.5", "--epochs", "2", "--warmup-epochs", "0.5")
     assert run(tmp_path / "full", tiny_folder, "dare", *args) == 0
 
-    real_save = train_mod.atomic_save
+    real_save = checkpoint_mod.save_checkpoint
 
     def save_then_die(state, path):
         real_save(state, path)
         if state["step"] >= 7 and state["batch"]:
             raise KeyboardInterrupt  # the job dies right after a mid-epoch checkpoint
 
-    monkeypatch.setattr(train_mod, "atomic_save", save_then_die)
+    monkeypatch.setattr(checkpoint_mod, "save_checkpoint", save_then_die)
     assert run(tmp_path / "part", tiny_folder, "dare", *args) == 130
     partial = load_checkpoint(tmp_path / "part")
     assert partial["batch"] > 0 and partial["train_s"] == pytest.approx(partial["step"] * STEP_S)
-    monkeypatch.setattr(train_mod, "atomic_save", real_save)
+    monkeypatch.setattr(checkpoint_mod, "save_checkpoint", real_save)
     assert run(tmp_path / "part", tiny_folder, "dare", *args, "--resume") == 0
 
     a, b = load_checkpoint(tmp_path / "full"), load_checkpoint(tmp_path / "part")
@@ -177,7 +180,7 @@ def test_each_resolution_compiles_once():
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
                               torch.nn.Conv2d(4, 8, 3, stride=2), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
                               torch.nn.Linear(8, 8))
-    model = train_mod.compile_model(net, backend=counter, shapes=3)
+    model = compile_model(net, backend=counter, shapes=3)
 
     def step(px):
         model(torch.randn(4, 3, px, px)).square().mean().backward()

@@ -232,3 +232,21 @@ def test_ddp_compiled_step_equals_one_eager_process(tmp_path):
             views, y = batch(0, local_views=1)
             want = step(eager, eager, views, y, seed=7)
             assert_same(got[name], want, f"{name} rank {rank}")
+
+
+def test_training_step_compiles_to_one_graph(monkeypatch):
+    """Training's own step (``fastssl.step.Step`` with ``--compile on``: static shapes, tf32 flags, the lr
+    schedule, on_step): SimCLR's whole forward is one graph, compiled once over 3 steps (no graph break,
+    no recompile)."""
+    from fastssl import step as step_mod
+    counter = CompileCounterWithBackend("inductor")
+    real = step_mod.compile_model
+    monkeypatch.setattr(step_mod, "compile_model", lambda model, shapes=1: real(model, backend=counter, shapes=shapes))
+    cfg = resolve(parse_args(["--method", "simclr", "--device", "cpu", "--width", "8", "--proj-hidden", "16",
+                              "--proj-dim", "8", "--kernels", "torch", "--compile", "on", "--amp", "off",
+                              "--batch-size", str(N)]))
+    step = step_mod.Step(cfg, step_mod.build_method(cfg), torch.device("cpu"), steps_per_epoch=10)
+    for i in range(3):
+        views, y = batch(i)
+        assert torch.isfinite(step(views, y, 0.01, (i, 10)))
+    assert counter.frame_count == 1, f"{counter.frame_count} graphs after 3 steps"

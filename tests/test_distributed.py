@@ -390,10 +390,10 @@ def _args(data, out, *extra):
 
 
 class _Interrupt:
-    """Replace build_loader so that the run stops when the second epoch begins (after epoch 1's checkpoint)."""
+    """Replace the training loader so that the run stops when the second epoch begins (after epoch 1's checkpoint)."""
 
     def __init__(self, train_mod):
-        self.real = train_mod.build_loader
+        self.real = train_mod.training_loader
 
     def __call__(self, *args, **kwargs):
         ld = self.real(*args, **kwargs)
@@ -410,13 +410,13 @@ class _Interrupt:
 def _run(args, interrupt=False):
     from fastssl import train as train_mod
     from fastssl.cli import main
-    real = train_mod.build_loader
+    real = train_mod.training_loader
     if interrupt:
-        train_mod.build_loader = _Interrupt(train_mod)
+        train_mod.training_loader = _Interrupt(train_mod)
     try:
         return main(args)
     finally:
-        train_mod.build_loader = real
+        train_mod.training_loader = real
 
 
 def _train_worker(rank, world, data, root):
@@ -427,7 +427,7 @@ def _train_worker(rank, world, data, root):
 
 
 def _state(out):
-    return torch.load(out / "checkpoint.pt", weights_only=False)
+    return torch.load(out / "checkpoint.pt", weights_only=True)
 
 
 def _same_weights(a, b, atol):
@@ -492,7 +492,7 @@ def test_global_batch_must_divide_by_world_size(monkeypatch, capsys):
 @pytest.mark.parametrize("rule,expected", [("linear", 0.4 * 2), ("sqrt", 0.4 * 2 ** 0.5), ("none", 0.4)])
 def test_lr_scaling_rule(rule, expected):
     from fastssl.config import parse_args, resolve
-    from fastssl.train import peak_learning_rate
+    from fastssl.step import peak_learning_rate
     cfg = resolve(parse_args(["--device", "cpu", "--lr", "0.4", "--batch-size", "512", "--lr-scaling", rule]))
     assert peak_learning_rate(cfg) == pytest.approx(expected)
 

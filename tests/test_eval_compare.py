@@ -1,6 +1,8 @@
-"""scripts/compare_runs.py on two synthetic run folders: a new-style run (event rows, kNN rows, train_s)
-and an old-style one (epoch rows without "event" or wall_s), plus a run still training."""
+"""scripts/compare_runs.py on synthetic run folders: finished runs (epoch and kNN rows, train_s) and a run
+still training."""
 import json
+
+import pytest
 
 from fastssl import compare
 
@@ -28,42 +30,50 @@ def new_run(tmp_path):
                      {"linear_eval-standard.json": {"protocol": "standard", "linear_top1": 47.0}})
 
 
-def old_run(tmp_path):
-    rows = [{"epoch": 1, "step": 100, "loss": 5.1, "lr": 0.1, "images_per_s": 100.0, "epoch_s": 128.0, "knn_top1": None},
-            {"epoch": 2, "step": 200, "loss": 4.2, "lr": 0.0, "images_per_s": 300.0, "epoch_s": 100.0, "knn_top1": 38.0}]
-    summary = dict(method="simclr", dataset="cifar10", encoder="resnet18", epochs=2, wall_s=300.0, knn_top1_init=26.0,
-                   knn_top1=38.0, linear_top1=None, config={})
-    return write_run(tmp_path / "simclr-old", summary, rows)
+def other_run(tmp_path):
+    rows = [{"event": "epoch", "epoch": 1, "step": 100, "loss": 5.1, "lr": 0.1, "images_per_s": 100.0, "epoch_s": 128.0,
+             "train_s": 128.0, "wall_s": 130.0, "knn_top1": None},
+            {"event": "epoch", "epoch": 2, "step": 200, "loss": 4.2, "lr": 0.0, "images_per_s": 300.0, "epoch_s": 100.0,
+             "train_s": 228.0, "wall_s": 240.0, "knn_top1": 38.0}]
+    summary = dict(method="simclr", dataset="cifar10", encoder="resnet18", epochs=2, wall_s=300.0, train_s=256.0,
+                   images_seen=51200, knn_top1_init=26.0, knn_top1=38.0, linear_top1=None, config={})
+    return write_run(tmp_path / "simclr-other", summary, rows)
 
 
-def test_curves_tolerate_old_rows(tmp_path):
-    new, old = compare.read_run(new_run(tmp_path)), compare.read_run(old_run(tmp_path))
+def test_curves(tmp_path):
+    new, other = compare.read_run(new_run(tmp_path)), compare.read_run(other_run(tmp_path))
     assert new["curve"] == [(0.0, 27.0), (40.0, 31.0), (80.0, 35.5), (150.0, 40.25)]  # the duplicate at 80 s once
-    assert old["curve"] == [(0.0, 26.0), (228.0, 38.0)]  # no wall_s: the running sum of epoch_s
+    assert other["curve"] == [(0.0, 26.0), (240.0, 38.0)]
+
+
+def test_rows_that_are_not_fastssl_metrics_are_one_line_errors(tmp_path):
+    folder = write_run(tmp_path / "foreign", None, [{"epoch": 1, "knn_top1": 30.0}])  # no event, no wall_s
+    with pytest.raises(compare.RunError, match="line 1 is not a fastssl metrics row"):
+        compare.read_run(folder)
 
 
 def test_table_and_png(tmp_path, capsys):
-    new, old = new_run(tmp_path), old_run(tmp_path)
+    new, other = new_run(tmp_path), other_run(tmp_path)
     running = write_run(tmp_path / "byol-running", None,
                         [{"event": "epoch", "epoch": 1, "step": 10, "images_per_s": 50.0, "epoch_s": 20.0,
                           "wall_s": 25.0, "knn_top1": 12.5}])
     png = tmp_path / "overlay.png"
-    assert compare.main([str(new), str(old), str(running), "--out", str(png)]) == 0
+    assert compare.main([str(new), str(other), str(running), "--out", str(png)]) == 0
     out = capsys.readouterr().out
     table = [line for line in out.splitlines() if line.startswith("|")]
     assert table[0] == "| run | method | dataset | encoder | epochs | wall | images/s | kNN | linear |"
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in table[2:]]
     assert cells[0] == ["dare-new", "dare", "cifar10", "resnet18", "2", "2m30s", "205", "40.25",
                         "44.50 (probe) / 47.00 (standard)"]  # 25600 images / 125 s of training
-    assert cells[1] == ["simclr-old", "simclr", "cifar10", "resnet18", "2", "5m00s", "200", "38.00", "-"]  # mean rate
+    assert cells[1] == ["simclr-other", "simclr", "cifar10", "resnet18", "2", "5m00s", "200", "38.00", "-"]
     assert cells[2][:2] == ["byol-running", "?"] and cells[2][4:] == ["1 so far", "25s", "50", "12.50", "-"]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
 
 
 def test_a_run_still_training_is_named_from_its_checkpoint(tmp_path, capsys):
     import torch
-    folder = write_run(tmp_path / "run", None, [{"epoch": 1, "step": 10, "images_per_s": 40.0, "epoch_s": 90.0,
-                                                  "knn_top1": None}])
+    folder = write_run(tmp_path / "run", None, [{"event": "epoch", "epoch": 1, "step": 10, "images_per_s": 40.0,
+                                                  "epoch_s": 88.0, "wall_s": 90.0, "knn_top1": None}])
     torch.save({"method": {}, "config": {"method": "byol", "dataset": "cifar100", "encoder": "resnet50",
                                          "epochs": 3}}, folder / "checkpoint.pt")
     assert compare.main([str(folder), "--out", str(tmp_path / "c.png")]) == 0

@@ -1,6 +1,7 @@
 """Evaluation protocols: kNN at two k in one search, the crop+flip augmentation, class-balanced label
 subsets, the standard linear protocol (the backbone stays frozen), fine-tuning, and the CLIs' one-line
 refusals of files that are not checkpoints (a malicious pickle is never run)."""
+import dataclasses
 import json
 import subprocess
 import sys
@@ -103,8 +104,9 @@ def test_standard_protocol_keeps_the_backbone_frozen_and_learns(tiny_folder):
     enc = build_encoder("resnet18", 8).train()
     before = {k: v.clone() for k, v in enc.state_dict().items()}
     lines = []
-    top1 = ev.standard_linear_eval(enc, xtr, ytr, xte, yte, ds.mean, ds.std, ds.num_classes, epochs=15,
-                                   batch_size=16, lr=0.1, log=lines.append)
+    data = ev.LabelledSplits(xtr, ytr, xte, yte, ds.mean, ds.std, ds.num_classes)
+    schedule = dataclasses.replace(ev.STANDARD_LINEAR, epochs=15, batch_size=16, lr=0.1)
+    top1 = ev.standard_linear_eval(enc, data, schedule, log=lines.append)
     after = enc.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # weights and BatchNorm statistics untouched
     assert enc.training and all(p.requires_grad for p in enc.parameters())  # restored as it was
@@ -116,7 +118,8 @@ def test_finetune_changes_the_backbone_and_learns(tiny_folder):
     torch.manual_seed(0)
     enc = build_encoder("resnet18", 8)
     before = {k: v.clone() for k, v in enc.state_dict().items()}
-    top1 = ev.finetune(enc, xtr, ytr, xte, yte, ds.mean, ds.std, ds.num_classes, epochs=8, batch_size=16, lr=0.05)
+    data = ev.LabelledSplits(xtr, ytr, xte, yte, ds.mean, ds.std, ds.num_classes)
+    top1 = ev.finetune(enc, data, dataclasses.replace(ev.FINETUNE, epochs=8, batch_size=16, lr=0.05))
     assert not torch.equal(before["stem.0.weight"], enc.state_dict()["stem.0.weight"])
     assert top1 > 30.0
 

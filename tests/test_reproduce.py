@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from fastssl import reproduce
+from fastssl import checkpoint as checkpoint_mod
 from fastssl import train as train_mod
 
 ARGS = ["--budget", "smoke", "--datasets", "cifar10", "--encoders", "resnet18", "--device", "cpu", "--no-progress"]
@@ -39,7 +40,7 @@ def test_smoke_end_to_end_kill_and_resume(tmp_path, tiny_folder, monkeypatch, ca
     argv = ARGS + ["--methods", "simclr", "dare", "--data", str(tiny_folder), "--out", str(out)]
 
     # first run: simclr finishes, dare is killed after its first epoch's checkpoint
-    real_save, saves = train_mod.atomic_save, []
+    real_save, saves = checkpoint_mod.save_checkpoint, []
 
     def save_then_die(obj, path):
         real_save(obj, path)
@@ -47,7 +48,7 @@ def test_smoke_end_to_end_kill_and_resume(tmp_path, tiny_folder, monkeypatch, ca
         if "dare" in str(path):
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_mod, "atomic_save", save_then_die)
+    monkeypatch.setattr(checkpoint_mod, "save_checkpoint", save_then_die)
     assert reproduce.main(argv) == 130
     simclr_dir, dare_dir = out / "cells" / "simclr-cifar10-resnet18", out / "cells" / "dare-cifar10-resnet18"
     assert (simclr_dir / "result.json").is_file() and not (dare_dir / "result.json").exists()
@@ -59,7 +60,7 @@ def test_smoke_end_to_end_kill_and_resume(tmp_path, tiny_folder, monkeypatch, ca
     assert all(c["estimate_s"] > 0 for c in plan["cells"])
 
     # rerun: only dare trains, resuming from its checkpoint
-    monkeypatch.setattr(train_mod, "atomic_save", real_save)
+    monkeypatch.setattr(checkpoint_mod, "save_checkpoint", real_save)
     calls, real_train = [], train_mod.train
 
     def counting_train(cfg):
@@ -146,18 +147,19 @@ def test_standard_protocol_cell_records_its_protocol(tmp_path, tiny_folder, monk
     """The smoke budget switched to the standard protocol (2 epochs): the cell's linear number comes from
     fastssl.eval.standard_linear_eval and every output file says so."""
     monkeypatch.setitem(reproduce.LINEAR_PROTOCOL, "smoke", "standard")
-    monkeypatch.setattr(reproduce, "STANDARD", dict(epochs=2, batch_size=32, lr=0.1))
+    for key, value in dict(epochs=2, batch_size=32, lr=0.1).items():
+        monkeypatch.setitem(reproduce.STANDARD, key, value)
     from fastssl import eval as ev
     calls, real = [], ev.standard_linear_eval
 
-    def counting(*args, **kwargs):
-        calls.append(kwargs)
-        return real(*args, **kwargs)
+    def counting(encoder, data, schedule, **kwargs):
+        calls.append(dict(data=data, schedule=schedule))
+        return real(encoder, data, schedule, **kwargs)
 
     monkeypatch.setattr(ev, "standard_linear_eval", counting)
     out = tmp_path / "std"
     assert reproduce.main(ARGS + ["--methods", "simclr", "--data", str(tiny_folder), "--out", str(out)]) == 0
-    assert len(calls) == 1 and calls[0]["epochs"] == 2
+    assert len(calls) == 1 and calls[0]["schedule"].epochs == 2
     record = json.loads((out / "cells" / "simclr-cifar10-resnet18" / "result.json").read_text())
     assert record["linear_protocol"] == "standard" and record["linear_settings"]["epochs"] == 2
     assert record["probe_top1"] is not None and record["linear_s"] > 0

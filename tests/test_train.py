@@ -16,6 +16,7 @@ from fastssl import methods
 from fastssl.cli import main
 from fastssl.config import Config, parse_args, resolve
 from fastssl.models import build_encoder
+from fastssl import checkpoint as checkpoint_mod
 from fastssl import train as train_mod
 from fastssl.checkpoint import load_checkpoint
 
@@ -82,7 +83,7 @@ def test_resume_matches_uninterrupted_run(tmp_path, tiny_folder, monkeypatch):
     assert code == 0
 
     saves = []
-    real_save = train_mod.atomic_save
+    real_save = checkpoint_mod.save_checkpoint
 
     def save_then_die(obj, path):
         real_save(obj, path)
@@ -90,10 +91,10 @@ def test_resume_matches_uninterrupted_run(tmp_path, tiny_folder, monkeypatch):
         if len(saves) == 2:
             raise KeyboardInterrupt  # the job dies after the second epoch's checkpoint
 
-    monkeypatch.setattr(train_mod, "atomic_save", save_then_die)
+    monkeypatch.setattr(checkpoint_mod, "save_checkpoint", save_then_die)
     code, part = run(tmp_path / "b", tiny_folder, "dare", "--epochs", "3", "--no-linear-eval")
     assert code == 130 and load_checkpoint(part)["epoch"] == 2
-    monkeypatch.setattr(train_mod, "atomic_save", real_save)
+    monkeypatch.setattr(checkpoint_mod, "save_checkpoint", real_save)
     code, part = run(tmp_path / "b", tiny_folder, "dare", "--epochs", "3", "--no-linear-eval", "--resume")
     assert code == 0
 
