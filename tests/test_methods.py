@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from fastssl import methods
+from fastssl import checkpoint as checkpoint_mod
 from fastssl import train as train_mod
 from fastssl.cli import main
 from fastssl.config import FAST_PRESETS, parse_args, resolve
@@ -189,7 +190,7 @@ def test_byol_target_not_optimised_but_checkpointed(tmp_path, tiny_folder):
 def test_byol_resume_matches_uninterrupted_run(tmp_path, tiny_folder, monkeypatch):
     assert run(tmp_path / "a", tiny_folder, "byol", "--epochs", "3") == 0
 
-    real_save, saves = train_mod.atomic_save, []
+    real_save, saves = checkpoint_mod.save_checkpoint, []
 
     def save_then_die(obj, path):
         real_save(obj, path)
@@ -197,9 +198,9 @@ def test_byol_resume_matches_uninterrupted_run(tmp_path, tiny_folder, monkeypatc
         if len(saves) == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_mod, "atomic_save", save_then_die)
+    monkeypatch.setattr(checkpoint_mod, "save_checkpoint", save_then_die)
     assert run(tmp_path / "b", tiny_folder, "byol", "--epochs", "3") == 130
-    monkeypatch.setattr(train_mod, "atomic_save", real_save)
+    monkeypatch.setattr(checkpoint_mod, "save_checkpoint", real_save)
     assert run(tmp_path / "b", tiny_folder, "byol", "--epochs", "3", "--resume") == 0
 
     a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)
