@@ -1,6 +1,8 @@
 """The method interface and the registry behind ``--method NAME``."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -27,6 +29,16 @@ def get_method(name: str) -> type["Method"]:
     return _REGISTRY[name]
 
 
+@dataclass(frozen=True)
+class Option:
+    """TEMP stand-in for the options helper's Option (dropped at merge)."""
+    name: str
+    type: type
+    default: object
+    help: str
+    choices: tuple | None = None
+
+
 class Method(nn.Module):
     """Encoder + heads + loss. Subclasses set ``recipe`` and implement ``forward``.
 
@@ -42,6 +54,7 @@ class Method(nn.Module):
     name = "?"
     uses_labels = False  # supervised methods (SupCon, Triplet) receive the labels
     recipe: dict = {}
+    options: tuple = ()
     # Overrides of the CPU ``--fast`` preset (``config.FAST_PRESETS["cpu"]``) for methods that need
     # another short-schedule setting to learn in ~400 steps; each method documents why.
     fast_cpu: dict = {}
