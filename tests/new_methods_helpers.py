@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-import fastssl.methods.mocov3  # noqa: F401  (importing registers the methods)
+import fastssl.methods.dino  # noqa: F401  (importing registers the methods)
+import fastssl.methods.mocov3  # noqa: F401
 import fastssl.methods.vicreg  # noqa: F401
 from fastssl import methods
 from fastssl.config import parse_args, resolve
