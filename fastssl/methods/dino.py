@@ -82,7 +82,7 @@ class DINO(BYOL):
     @torch.no_grad()
     def update_center(self, teacher_logits: torch.Tensor) -> None:
         batch_mean = distributed.all_reduce_mean(teacher_logits.mean(0, keepdim=True))
-        self.center.lerp_(batch_mean, 1.0 - self.cfg.dino_center_momentum)
+        self.center.lerp_(batch_mean.to(self.center.dtype), 1.0 - self.cfg.dino_center_momentum)
 
     def on_step(self, step: int, total_steps: int) -> None:
         super().on_step(step, total_steps)
