@@ -90,3 +90,20 @@ def test_export_safetensors_and_torch_export_reload_to_the_same_features(tmp_pat
         torch.testing.assert_close(torch.export.load(program).module()(x), want, rtol=1e-4, atol=1e-5)
     with pytest.raises(ExportError):  # torchvision's key names are ResNet names
         export(ckpt, "torchvision", tmp_path / "tv.pt")
+
+
+@pytest.mark.slow  # ViT-Tiny on a CPU: ~1 CPU-minute
+def test_a_run_on_vit_tiny_trains_and_its_checkpoint_reloads(tmp_path, tiny_folder):
+    """The whole CLI path (channels-last on by default, kNN, checkpoint) with --encoder vit_tiny; the
+    backbone rebuilt by load_encoder gives the features of the trained weights."""
+    from fastssl import load_encoder
+    from fastssl.checkpoint import load_checkpoint
+    from fastssl.cli import main
+    args = ["--method", "simclr", "--data", str(tiny_folder), "--out", str(tmp_path), "--encoder", "vit_tiny",
+            "--batch-size", "16", "--epochs", "1", "--proj-hidden", "32", "--proj-dim", "16", "--knn-k", "5",
+            "--device", "cpu", "--no-progress", "--warmup-epochs", "0.5", "--lr", "0.05", "--no-linear-eval"]
+    assert main(args) == 0
+    encoder, dim = load_encoder(tmp_path)
+    assert dim == 192 and isinstance(encoder, VisionTransformer)
+    state = load_checkpoint(tmp_path)["method"]
+    assert torch.equal(encoder.pos_embed, state["encoder.pos_embed"])
