@@ -381,7 +381,7 @@ def mocov3_loss(q: torch.Tensor, k: torch.Tensor, temperature: float = 0.2, offs
 
 
 def dino_loss(student: list[torch.Tensor], teacher: list[torch.Tensor], center: torch.Tensor,
-              student_temp: float = 0.1, teacher_temp: float = 0.04) -> torch.Tensor:
+              student_temp: float = 0.1, teacher_temp: float | torch.Tensor = 0.04) -> torch.Tensor:
     r"""DINO's self-distillation cross-entropy (Caron et al. 2021) on prototype logits.
 
     ``student``: V >= 2 tensors (n, K) of student logits, views 0 and 1 global; ``teacher``: the teacher
@@ -402,7 +402,9 @@ def dino_loss(student: list[torch.Tensor], teacher: list[torch.Tensor], center: 
     if any(t.shape != shape or t.dim() != 2 for t in [*teacher, *student]):
         raise ValueError(f"every logits tensor must be (n, K) of one shape, got "
                          f"{[tuple(t.shape) for t in [*teacher, *student]]}")
-    if student_temp <= 0 or teacher_temp <= 0:
+    # A 0-d tensor temperature (DINO's scheduled teacher temperature, a buffer) is not checked: a compiled step
+    # reads it without a data-dependent branch (the method checks its options instead).
+    if any(not isinstance(t, torch.Tensor) and t <= 0 for t in (student_temp, teacher_temp)):
         raise ValueError(f"temperatures must be > 0, got {student_temp} and {teacher_temp}")
     targets = [F.softmax((t - center) / teacher_temp, dim=-1) for t in teacher]
     log_probs = [F.log_softmax(s / student_temp, dim=-1) for s in student]

@@ -59,6 +59,16 @@ def test_forward_is_the_reference_loss_and_updates_the_center(local):
     torch.testing.assert_close(model.center, 0.8 * center + 0.2 * torch.cat(teacher).mean(0, keepdim=True))
 
 
+def test_bad_options_are_refused_and_a_tensor_temperature_is_the_float_one():
+    with pytest.raises(ValueError, match="DINO: temperatures"):
+        build("dino", dino_prototypes=K, dino_teacher_temp=0.0)
+    with pytest.raises(ValueError, match="within"):
+        build("dino", dino_prototypes=K, dino_center_momentum=1.5)
+    s, t = [torch.randn(3, 5) for _ in range(2)], [torch.randn(3, 5) for _ in range(2)]
+    torch.testing.assert_close(losses.dino_loss(s, t, torch.zeros(5), 0.1, torch.tensor(0.05)),
+                               losses.dino_loss(s, t, torch.zeros(5), 0.1, 0.05))
+
+
 def test_teacher_temperature_warmup_and_ema_teacher():
     assert teacher_temperature(0, 100, 0.04, 0.07, 0.3) == pytest.approx(0.04)
     assert teacher_temperature(15, 100, 0.04, 0.07, 0.3) == pytest.approx(0.055)

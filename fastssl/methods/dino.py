@@ -59,6 +59,10 @@ class DINO(BYOL):
 
     def __init__(self, encoder, cfg):
         Method.__init__(self, encoder, cfg)  # BYOL's target machinery, DINO's head instead of BYOL's heads
+        temps = (cfg.dino_student_temp, cfg.dino_teacher_temp, cfg.dino_teacher_temp_warmup)
+        if min(temps) <= 0 or not 0 <= cfg.dino_center_momentum <= 1 or not 0 <= cfg.dino_teacher_warmup <= 1:
+            raise ValueError(f"DINO: temperatures must be > 0 (got {temps}), --dino-center-momentum and "
+                             "--dino-teacher-warmup within [0, 1]")
         # The head is ``projector`` so that BYOL's online/target parameter lists, EMA and groups apply unchanged.
         self.projector = PrototypeHead(encoder.dim, cfg.proj_hidden, cfg.proj_dim, cfg.dino_prototypes)
         self.target_encoder = copy.deepcopy(encoder).requires_grad_(False)
