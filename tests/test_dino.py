@@ -25,6 +25,7 @@ def test_options_and_recipe():
     model = build("dino", dino_prototypes=K)
     assert model.center.shape == (1, K) and model.teacher_temp.item() == pytest.approx(0.04)
     assert {"center", "teacher_temp"} <= set(model.state_dict())  # checkpointed, resumed
+    assert "batch_center" not in model.state_dict()
 
 
 def test_prototype_head_is_a_cosine_to_unit_prototypes():
@@ -56,6 +57,8 @@ def test_forward_is_the_reference_loss_and_updates_the_center(local):
     student = model.embed_views(batch, lambda v: model.projector(model.encoder(v)))
     teacher = [model.target_projector(model.target_encoder(v)).detach() for v in batch[:2]]
     torch.testing.assert_close(got, losses.dino_loss(student, teacher, center, 0.1, 0.05))
+    assert torch.equal(model.center, center)  # the centre moves after the optimiser step
+    model.on_step(0, 10)
     torch.testing.assert_close(model.center, 0.8 * center + 0.2 * torch.cat(teacher).mean(0, keepdim=True))
 
 

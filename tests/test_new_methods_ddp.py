@@ -1,6 +1,6 @@
 """VICReg, MoCo v3 and DINO under 2-process DDP (gloo, CPU) equal one process on the concatenated batch:
-the loss, every parameter gradient and every buffer (BatchNorm running statistics of both networks,
-DINO's centre), with two views and with two extra local views. The BatchNorms are synchronised
+the loss, every parameter gradient, and after ``on_step`` the whole state (EMA networks, BatchNorm
+running statistics of both networks, DINO's centre), with two views and with two extra local views. The BatchNorms are synchronised
 (CrossRankBatchNorm); the networks run in float64, the losses in float32 (as the methods compute them),
 hence the tolerances of tests/test_distributed.py."""
 from __future__ import annotations
@@ -69,8 +69,9 @@ def _step(name, world, rank=0, local=False):
     loss = model(views)["loss"]
     loss.backward()
     grads = {k: p.grad.clone() for k, p in method.named_parameters() if p.grad is not None}
-    buffers = {k: b.clone() for k, b in method.named_buffers()}
-    return distributed.all_reduce_mean(loss).item(), grads, buffers
+    method.on_step(0, 10)  # the EMA networks and DINO's centre (over every rank's batch) move here
+    state = {k: v.clone() for k, v in method.state_dict().items()}
+    return distributed.all_reduce_mean(loss).item(), grads, state
 
 
 @pytest.fixture(scope="module")

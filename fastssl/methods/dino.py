@@ -8,8 +8,8 @@
 The head is an MLP (Linear-BN-GELU twice, then Linear) to a 256-d bottleneck, L2-normalised, then a
 weight-normalised linear layer with unit-norm rows to K prototypes (``--dino-prototypes``, 4096 for CIFAR
 as in solo-learn; ``fastssl.models.PrototypeHead``). Centering: c <- m c + (1 - m) mean over the global
-batch of the teacher logits of both global views, after each forward (m = ``--dino-center-momentum``,
-0.9). Sharpening: the teacher temperature T_t rises linearly from ``--dino-teacher-temp-warmup`` (0.04) to
+batch of the teacher logits of both global views, after each optimiser step (``on_step``; the next
+forward sees the new centre, as in DINO; m = ``--dino-center-momentum``, 0.9). Sharpening: the teacher temperature T_t rises linearly from ``--dino-teacher-temp-warmup`` (0.04) to
 ``--dino-teacher-temp`` (0.07) over the first ``--dino-teacher-warmup`` fraction of the optimiser steps
 (DINO's 30 of 100 epochs); the student's T_s is ``--dino-student-temp`` (0.1). The teacher (f', head')
 follows the student by BYOL's EMA (cosine from ``--ema-base`` to 1.0; solo-learn's CIFAR 0.9995), not in
@@ -69,6 +69,10 @@ class DINO(BYOL):
         self.target_projector = copy.deepcopy(self.projector).requires_grad_(False)
         self.momentum = cfg.ema_base
         self.register_buffer("center", torch.zeros(1, cfg.dino_prototypes))
+        # The centre moves in on_step, outside the (compiled) forward: mutating a buffer that the forward also
+        # reads gave inductor (torch 2.13) wrong gradients (its backward recomputed the targets from the
+        # updated centre; aot_eager was exact). The forward only writes the batch mean here.
+        self.register_buffer("batch_center", torch.zeros(1, cfg.dino_prototypes), persistent=False)
         # A tensor, not a Python float: a compiled step reads the current value without recompiling.
         self.register_buffer("teacher_temp", torch.tensor(cfg.dino_teacher_temp_warmup))
 
@@ -80,16 +84,19 @@ class DINO(BYOL):
             teacher = [t.float() for t in teacher]
             loss = losses.dino_loss([s.float() for s in student], teacher, self.center, self.cfg.dino_student_temp,
                                     self.teacher_temp)
-            self.update_center(torch.cat(teacher))
+            with torch.no_grad():
+                self.batch_center.copy_(torch.cat(teacher).mean(0, keepdim=True))
         return {"loss": loss}
 
     @torch.no_grad()
-    def update_center(self, teacher_logits: torch.Tensor) -> None:
-        batch_mean = distributed.all_reduce_mean(teacher_logits.mean(0, keepdim=True))
-        self.center.lerp_(batch_mean.to(self.center.dtype), 1.0 - self.cfg.dino_center_momentum)
+    def update_center(self) -> None:
+        """c <- m c + (1 - m) (mean of the latest forward's teacher logits over every rank's batch)."""
+        batch_mean = distributed.all_reduce_mean(self.batch_center)
+        self.center.lerp_(batch_mean, 1.0 - self.cfg.dino_center_momentum)
 
     def on_step(self, step: int, total_steps: int) -> None:
         super().on_step(step, total_steps)
+        self.update_center()
         cfg = self.cfg
         self.teacher_temp.fill_(teacher_temperature(step + 1, total_steps, cfg.dino_teacher_temp_warmup,
                                                     cfg.dino_teacher_temp, cfg.dino_teacher_warmup))
