@@ -1,4 +1,4 @@
-"""Reference losses in plain PyTorch: the normative maths of DESIGN.md section 3.
+"""Reference losses in plain PyTorch: the normative maths (docs/losses.md).
 
 Notation: a batch of N images, two views, embeddings z1, z2 of shape (N, d); Z = [z1; z2] has 2N
 rows; u_k = Z_k / ||Z_k||; s_kl = u_k . u_l / tau; p(k) = (k + N) mod 2N is row k's positive.
