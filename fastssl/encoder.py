@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .checkpoint import CheckpointError, load_checkpoint, resolve_path
-from .models import ResNet, build_encoder
+from .models import build_encoder
 
 ENCODER_PREFIX = "encoder."
 
@@ -32,7 +32,7 @@ def backbone_state(ckpt: dict) -> dict[str, torch.Tensor]:
     return state
 
 
-def encoder_from_checkpoint(ckpt: dict, path="checkpoint") -> ResNet:
+def encoder_from_checkpoint(ckpt: dict, path="checkpoint") -> nn.Module:
     """The checkpoint's backbone rebuilt from its config (encoder, width), weights loaded, in eval mode."""
     cfg = ckpt.get("config")
     try:
@@ -49,7 +49,7 @@ def encoder_from_checkpoint(ckpt: dict, path="checkpoint") -> ResNet:
 def load_encoder(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, int]:
     """The backbone of the checkpoint at ``path`` (a ``checkpoint.pt`` or a run folder) as an
     ``nn.Module`` in eval mode on ``device``, and its feature dimension (512 for ResNet-18 at width
-    64, 2048 for ResNet-50). Raises ``CheckpointError`` (one line) for anything but a fastssl checkpoint."""
+    64, 2048 for ResNet-50, 192 / 384 for ViT-Tiny / Small). Raises ``CheckpointError`` (one line) for anything but a fastssl checkpoint."""
     ckpt = load_checkpoint(path)
     encoder = encoder_from_checkpoint(ckpt, resolve_path(path)).to(device)
     return encoder, encoder.dim

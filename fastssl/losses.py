@@ -1,4 +1,4 @@
-"""Reference losses in plain PyTorch: the normative maths of DESIGN.md section 3.
+"""Reference losses in plain PyTorch: the normative maths (docs/losses.md).
 
 Notation: a batch of N images, two views, embeddings z1, z2 of shape (N, d); Z = [z1; z2] has 2N
 rows; u_k = Z_k / ||Z_k||; s_kl = u_k . u_l / tau; p(k) = (k + N) mod 2N is row k's positive.
@@ -312,3 +312,102 @@ def triplet_loss(embeddings: torch.Tensor, labels: torch.Tensor, margin: float =
     d_neg = chosen + (run_mean - run_mean.detach())
     terms = torch.where(valid, F.relu(dist - d_neg + margin), 0.0)
     return terms.sum() / valid.sum().clamp_min(1)
+
+
+# --------------------------------------------------------------------------------------------
+# VICReg, MoCo v3 and DINO
+# --------------------------------------------------------------------------------------------
+
+VICREG_EPS = 1e-4
+
+
+def vicreg_loss(z1: torch.Tensor, z2: torch.Tensor, sim_weight: float = 25.0, var_weight: float = 25.0,
+                cov_weight: float = 1.0, gamma: float = 1.0) -> torch.Tensor:
+    r"""VICReg (Bardes et al. 2022): invariance, variance and covariance terms on (N, d) embeddings.
+
+    With s_j(z) = sqrt(Var_j(z) + 1e-4) the per-dimension standard deviation over the batch (unbiased
+    variance) and Cov(z) = (z - mean)^T (z - mean) / (N - 1)::
+
+        inv = (1 / (N d)) sum_{n, j} (z1_nj - z2_nj)^2                              (the MSE)
+        var = (1 / d) sum_j max(0, gamma - s_j(z1)) + (1 / d) sum_j max(0, gamma - s_j(z2))
+        cov = (1 / d) sum_{i != j} Cov(z1)_ij^2 + (1 / d) sum_{i != j} Cov(z2)_ij^2
+        L = sim_weight * inv + var_weight * var + cov_weight * cov
+
+    as in the paper's Algorithm 1 (and solo-learn; the official repository halves the variance term).
+    Defaults 25 / 25 / 1 and gamma = 1 are the published ones. Needs N >= 2.
+    """
+    _check_pair(z1, z2, "z1 and z2")
+    n, d = z1.shape
+    if n < 2:
+        raise ValueError("vicreg_loss needs a batch of at least 2 (variance and covariance are over the batch)")
+    invariance = F.mse_loss(z1, z2)
+
+    def variance(z):
+        return F.relu(gamma - torch.sqrt(z.var(0) + VICREG_EPS)).mean()
+
+    def covariance(z):
+        zc = z - z.mean(0)
+        c = zc.T @ zc / (n - 1)
+        return (c.pow(2).sum() - torch.diagonal(c).pow(2).sum()) / d
+
+    return (sim_weight * invariance + var_weight * (variance(z1) + variance(z2))
+            + cov_weight * (covariance(z1) + covariance(z2)))
+
+
+def mocov3_loss(q: torch.Tensor, k: torch.Tensor, temperature: float = 0.2, offset: int = 0) -> torch.Tensor:
+    r"""MoCo v3's contrastive term ctr(q, k) for n queries against M >= n keys (Chen, Xie, He 2021).
+
+    u = q / ||q||, w = k / ||k||; query i's positive is key offset + i (its own image: a data-parallel
+    rank passes its local queries, the keys of every rank and offset = rank * n), every other key is a
+    negative::
+
+        l_i = -u_i . w_{offset+i} / tau + log sum_m exp(u_i . w_m / tau)
+        ctr(q, k) = 2 tau * mean_i l_i
+
+    (the cross-entropy of the (n, M) logits with the diagonal as targets, scaled by 2 tau as in the
+    official code). No stop-gradient here: the caller passes the momentum encoder's detached keys.
+    MoCo v3's loss is the symmetric sum ctr(q1, k2) + ctr(q2, k1).
+    """
+    if q.dim() != 2 or k.dim() != 2 or q.shape[1] != k.shape[1]:
+        raise ValueError(f"q and k must be (n, d) and (M, d), got {tuple(q.shape)} and {tuple(k.shape)}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    n = q.shape[0]
+    if not 0 <= offset <= k.shape[0] - n:
+        raise ValueError(f"the positives (keys {offset}..{offset + n - 1}) must lie within the {k.shape[0]} keys")
+    logits = F.normalize(q, dim=1) @ F.normalize(k, dim=1).T / temperature
+    targets = torch.arange(offset, offset + n, device=q.device)
+    return 2 * temperature * F.cross_entropy(logits, targets)
+
+
+def dino_loss(student: list[torch.Tensor], teacher: list[torch.Tensor], center: torch.Tensor,
+              student_temp: float = 0.1, teacher_temp: float | torch.Tensor = 0.04) -> torch.Tensor:
+    r"""DINO's self-distillation cross-entropy (Caron et al. 2021) on prototype logits.
+
+    ``student``: V >= 2 tensors (n, K) of student logits, views 0 and 1 global; ``teacher``: the teacher
+    logits (n, K) of the 2 global views (no stop-gradient here: the caller detaches them); ``center``
+    (K,) or (1, K). The teacher is centred and sharpened, the student tempered::
+
+        P_t(g) = softmax((t_g - center) / teacher_temp),   log P_s(v) = log_softmax(s_v / student_temp)
+        H(g, v) = mean over the batch of -sum_K P_t(g) log P_s(v)
+        L = mean over the ordered pairs (v, g), g global, v != g, of H(g, v)
+
+    (every student view against every other teacher global view: 2 pairs for two views,
+    2 + 2 (V - 2) with V - 2 local views).
+    """
+    if len(teacher) != 2 or len(student) < 2:
+        raise ValueError(f"need 2 teacher (global) views and at least 2 student views, got {len(teacher)} and "
+                         f"{len(student)}")
+    shape = teacher[0].shape
+    if any(t.shape != shape or t.dim() != 2 for t in [*teacher, *student]):
+        raise ValueError(f"every logits tensor must be (n, K) of one shape, got "
+                         f"{[tuple(t.shape) for t in [*teacher, *student]]}")
+    # A 0-d tensor temperature (DINO's scheduled teacher temperature, a buffer) is not checked: a compiled step
+    # reads it without a data-dependent branch (the method checks its options instead).
+    if any(not isinstance(t, torch.Tensor) and t <= 0 for t in (student_temp, teacher_temp)):
+        raise ValueError(f"temperatures must be > 0, got {student_temp} and {teacher_temp}")
+    targets = [F.softmax((t - center) / teacher_temp, dim=-1) for t in teacher]
+    log_probs = [F.log_softmax(s / student_temp, dim=-1) for s in student]
+    pairs = [(v, g) for v in range(len(student)) for g in (0, 1) if v != g]
+    terms = [-(targets[g] * log_probs[v]).sum(-1).mean() for v, g in pairs]
+    return sum(terms) / len(terms)

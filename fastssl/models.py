@@ -1,4 +1,5 @@
-"""Encoders (ResNet-18/50 with the CIFAR stem) and the heads the methods put on top of them.
+"""Encoders (ResNet-18/50 with the CIFAR stem; ViT-Tiny/Small for 32-px images, ``fastssl.vit``) and the
+heads the methods put on top of them.
 
 CIFAR stem: a 3x3 convolution with stride 1 and no max-pool, so 32x32 images keep their
 resolution through the first stage (the ImageNet 7x7/2 stem + pool would leave 8x8 maps).
@@ -7,7 +8,10 @@ resolution through the first stage (the ImageNet 7x7/2 stem + pool would leave 8
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from .vit import VIT_SIZES, VisionTransformer
 
 
 class BasicBlock(nn.Module):
@@ -81,24 +85,31 @@ class ResNet(nn.Module):
         return torch.flatten(nn.functional.adaptive_avg_pool2d(self.stages(self.stem(x)), 1), 1)
 
 
+# name -> (block, stage sizes) for the ResNets, (VisionTransformer, its size) for the ViTs.
 ENCODERS = {
     "resnet18": (BasicBlock, [2, 2, 2, 2]),
     "resnet50": (Bottleneck, [3, 4, 6, 3]),
+    **{name: (VisionTransformer, size) for name, size in VIT_SIZES.items()},
 }
 
 
-def build_encoder(name: str, width: int = 64) -> ResNet:
+def build_encoder(name: str, width: int = 64) -> nn.Module:
+    """The backbone ``name`` (its ``dim`` attribute is the feature size); ``width`` scales the ResNets only."""
     if name not in ENCODERS:
         raise ValueError(f"unknown encoder {name!r}; available: {', '.join(ENCODERS)}")
-    block, layers = ENCODERS[name]
-    return ResNet(block, layers, width)
+    block, spec = ENCODERS[name]
+    if block is VisionTransformer:
+        return VisionTransformer(**spec)
+    return ResNet(block, spec, width)
 
 
-def mlp(din: int, hidden: int, dout: int, layers: int = 2, last_bn: bool = False) -> nn.Sequential:
-    """Linear-BN-ReLU blocks then a final Linear (optionally followed by a BN without affine)."""
+def mlp(din: int, hidden: int, dout: int, layers: int = 2, last_bn: bool = False,
+        activation: type[nn.Module] = nn.ReLU) -> nn.Sequential:
+    """Linear-BN-activation blocks then a final Linear (optionally followed by a BN without affine)."""
     mods, d = [], din
     for _ in range(layers - 1):
-        mods += [nn.Linear(d, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True)]
+        act = activation(inplace=True) if activation is nn.ReLU else activation()
+        mods += [nn.Linear(d, hidden, bias=False), nn.BatchNorm1d(hidden), act]
         d = hidden
     mods.append(nn.Linear(d, dout, bias=not last_bn))
     if last_bn:
@@ -129,3 +140,18 @@ class GaussianHead(nn.Module):
         t = self.trunk(h)
         logvar = self.logvar_bound * torch.tanh(self.logvar(t) / self.logvar_bound)
         return self.mu(t), logvar
+
+
+class PrototypeHead(nn.Module):
+    """DINO's head: an MLP (Linear-BN-GELU twice, then Linear) to a bottleneck, L2-normalised, then a
+    weight-normalised linear layer to K prototypes whose norm is fixed to 1 (DINO's ``norm_last_layer``):
+    logits_k = <x / |x|, w_k / |w_k|>, cosines in [-1, 1]."""
+
+    def __init__(self, din: int, hidden: int, bottleneck: int, prototypes: int):
+        super().__init__()
+        self.mlp = mlp(din, hidden, bottleneck, layers=3, activation=nn.GELU)
+        self.prototypes = nn.Parameter(torch.empty(prototypes, bottleneck))
+        nn.init.trunc_normal_(self.prototypes, std=0.02)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.mlp(h), dim=-1) @ F.normalize(self.prototypes, dim=-1).T

@@ -1,4 +1,4 @@
-"""Optimisers (SGD, LARS); the warmup + cosine schedule lives in fastssl.schedule (re-exported here)."""
+"""Optimisers (SGD, LARS, AdamW); the warmup + cosine schedule lives in fastssl.schedule (re-exported here)."""
 from __future__ import annotations
 
 import torch
@@ -41,12 +41,23 @@ class LARS(torch.optim.Optimizer):
                 p.sub_(buf)
 
 
-def build_optimizer(name: str, groups: list[dict], lr: float, weight_decay: float, momentum: float = 0.9):
+OPTIMIZERS = ("sgd", "lars", "adamw")
+# AdamW's betas: the PyTorch default (0.9, 0.999), as DINO and MoCo v3 train their ViTs; MAE-style
+# recipes use (0.9, 0.95) (pass ``betas``). The ViT recipe: AdamW, weight decay 0.05, warmup then cosine.
+ADAMW_BETAS = (0.9, 0.999)
+
+
+def build_optimizer(name: str, groups: list[dict], lr: float, weight_decay: float, momentum: float = 0.9,
+                    betas: tuple[float, float] = ADAMW_BETAS):
+    """``momentum`` is SGD's and LARS's, ``betas`` AdamW's (decoupled weight decay; biases and norm
+    parameters, the groups with weight_decay 0, are not decayed)."""
     for g in groups:
         g.setdefault("weight_decay", weight_decay)
+    clean = [{k: v for k, v in g.items() if k != "lars_exclude"} for g in groups]
     if name == "sgd":
-        clean = [{k: v for k, v in g.items() if k != "lars_exclude"} for g in groups]
         return torch.optim.SGD(clean, lr=lr, momentum=momentum, weight_decay=weight_decay)
     if name == "lars":
         return LARS(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    raise ValueError(f"unknown optimizer {name!r}; available: sgd, lars")
+    if name == "adamw":
+        return torch.optim.AdamW(clean, lr=lr, betas=betas, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {name!r}; available: {', '.join(OPTIMIZERS)}")

@@ -11,7 +11,7 @@ pytestmark = pytest.mark.usefixtures("float64")
 
 
 def loop_ntxent(z1, z2, tau, variant):
-    """Row by row, straight from DESIGN section 3."""
+    """Row by row, straight from the formula (docs/losses.md)."""
     n = len(z1)
     u = F.normalize(torch.cat([z1, z2]), dim=1)
     total = 0.0

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.usefixtures("float64")
 # ------------------------------------------------------------------ Barlow Twins
 
 def loop_barlow(z1, z2, lambd, eps=1e-5):
-    """Entry by entry from DESIGN section 3 (biased variance, eps inside the square root)."""
+    """Entry by entry from the formula in docs/losses.md (biased variance, eps inside the square root)."""
     n, d = z1.shape
 
     def standardise(z):
@@ -118,7 +118,7 @@ def test_cosine_losses_gradcheck_and_no_hidden_stop_gradient():
 # ------------------------------------------------------------------ Triplet
 
 def loop_triplet(x, y, margin, mining):
-    """All anchors, positives and negatives by brute force, straight from DESIGN section 3."""
+    """All anchors, positives and negatives by brute force, straight from the formula (docs/losses.md)."""
     e = [[v / math.sqrt(sum(w * w for w in row)) for v in row] for row in x.tolist()]
     y = y.tolist()
     m = len(e)

@@ -52,3 +52,18 @@ def test_build_optimizer():
     assert isinstance(build_optimizer("lars", [{"params": p}], 0.1, 1e-4), LARS)
     with pytest.raises(ValueError, match="lars"):
         build_optimizer("adam", [{"params": p}], 0.1, 0.0)
+
+
+def test_adamw_is_decoupled_weight_decay_with_the_groups_kept():
+    w = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+    b = torch.nn.Parameter(torch.tensor([0.5]))
+    opt = build_optimizer("adamw", [{"params": [w]}, {"params": [b], "weight_decay": 0.0, "lars_exclude": True}],
+                          lr=0.1, weight_decay=0.05)
+    assert isinstance(opt, torch.optim.AdamW) and opt.param_groups[0]["betas"] == (0.9, 0.999)
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.05, 0.0]
+    w.grad, b.grad = torch.tensor([0.3, 0.0]), torch.tensor([0.0])
+    opt.step()
+    # First Adam step: m / (sqrt(v) + eps) = sign(g) where g != 0, 0 where g == 0; decay w <- w (1 - lr wd).
+    torch.testing.assert_close(w.data, torch.tensor([1.0, -2.0]) * (1 - 0.1 * 0.05) - 0.1 * torch.tensor([1.0, 0.0]))
+    torch.testing.assert_close(b.data, torch.tensor([0.5]))
+    assert build_optimizer("adamw", [{"params": [w]}], 0.1, 0.0, betas=(0.9, 0.95)).param_groups[0]["betas"] == (0.9, 0.95)
