@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 from dataclasses import fields
 
 import torch
@@ -22,7 +23,8 @@ from .augment import POLICY_NAMES
 from .dispatch import BACKENDS
 from .loaders import LOADERS
 from .methods import Option
-from .models import ENCODERS
+from .models import ENCODERS, is_vit
+from .optim import OPTIMIZERS
 
 
 def _scale_range(text):
@@ -49,7 +51,7 @@ GLOBAL_OPTIONS = (
            "under torchrun each of K processes takes B/K"),
     Option("lr_scaling", str, "linear", "peak lr from --lr and the global batch B: linear = lr*B/256, sqrt = "
            "lr*sqrt(B/256), none = lr", choices=("linear", "sqrt", "none")),
-    Option("optimizer", str, "sgd", "optimizer", choices=("sgd", "lars")),
+    Option("optimizer", str, "sgd", "optimizer (adamw: the usual ViT choice, with --weight-decay 0.05)", choices=OPTIMIZERS),
     Option("lr", float, 0.4, "peak learning rate per 256 images (scaled to the global batch by --lr-scaling)"),
     Option("weight_decay", float, 5e-4, "weight decay (not on biases and norm parameters)"),
     Option("momentum", float, 0.9, "SGD/LARS momentum"),
@@ -62,7 +64,7 @@ GLOBAL_OPTIONS = (
            choices=("auto", "bf16", "fp16", "off")),
     Option("compile", str, "auto", "torch.compile the training step (auto = on for CUDA)",
            choices=("auto", "on", "off")),
-    Option("channels_last", bool, True, "channels-last memory format"),
+    Option("channels_last", bool, True, "channels-last memory format (ResNets; ignored for ViTs)"),
     Option("kernels", str, "auto", "loss kernels (auto = Triton on CUDA, PyTorch elsewhere)", choices=BACKENDS),
     Option("device", str, "auto", "training device", choices=("auto", "cpu", "cuda")),
     Option("loader", str, "resident", "training-data loader: resident (uint8 dataset on the device), ffcv, dali, "
@@ -244,9 +246,14 @@ def resolve(cfg: Config) -> Config:
     if recipe is None:
         raise CLIError(f"--recipe {recipe_name} is not defined for method {cfg.method} (its recipes: "
                        f"{', '.join(sorted({*RECIPES, *method_cls.recipes}))})")
+    channels_last_asked = cfg.channels_last
     for name, default in DEFAULTS.items():
         if getattr(cfg, name) is None:
             setattr(cfg, name, recipe.get(name, preset.get(name, method_cls.recipe.get(name, default))))
+    if is_vit(cfg.encoder) and cfg.channels_last:  # a ViT's activations are (B, T, D) tokens
+        if channels_last_asked:
+            print(f"note: --channels-last has no effect on {cfg.encoder} (a ViT); ignored", file=sys.stderr)
+        cfg.channels_last = False
     if cfg.amp == "auto":
         cfg.amp = "bf16" if cfg.device == "cuda" else "off"
     if cfg.compile == "auto":

@@ -93,12 +93,17 @@ ENCODERS = {
 }
 
 
+def is_vit(name: str) -> bool:
+    """Whether encoder ``name`` is a Vision Transformer (tokens, not feature maps: no channels-last, no --width)."""
+    return ENCODERS[name][0] is VisionTransformer
+
+
 def build_encoder(name: str, width: int = 64) -> nn.Module:
     """The backbone ``name`` (its ``dim`` attribute is the feature size); ``width`` scales the ResNets only."""
     if name not in ENCODERS:
         raise ValueError(f"unknown encoder {name!r}; available: {', '.join(ENCODERS)}")
     block, spec = ENCODERS[name]
-    if block is VisionTransformer:
+    if is_vit(name):
         return VisionTransformer(**spec)
     return ResNet(block, spec, width)
 

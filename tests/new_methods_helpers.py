@@ -1,12 +1,11 @@
-"""Building VICReg, MoCo v3 and DINO (and the ViT) for their tests: a resolved Config with each method's
-options at their defaults, and a small method on a width-8 ResNet-18."""
+"""Building VICReg, MoCo v3 and DINO (and the ViT) for their tests: a resolved Config (each method's
+options at their defaults unless given), and a small method on a width-8 ResNet-18."""
 from __future__ import annotations
+
+import dataclasses
 
 import torch
 
-import fastssl.methods.dino  # noqa: F401  (importing registers the methods)
-import fastssl.methods.mocov3  # noqa: F401
-import fastssl.methods.vicreg  # noqa: F401
 from fastssl import methods
 from fastssl.config import parse_args, resolve
 from fastssl.models import build_encoder
@@ -15,15 +14,8 @@ SMALL = ["--device", "cpu", "--width", "8", "--proj-hidden", "16", "--proj-dim",
 
 
 def config(name: str, *args: str, **options):
-    """resolve(parse_args(...)) for ``name``; its options take ``options`` or their defaults where the
-    command line does not know them (a Config field per Option once the option registry fills them)."""
-    cfg = resolve(parse_args(["--method", name, *args]))
-    for opt in methods.get_method(name).options:
-        if opt.name in options:
-            setattr(cfg, opt.name, options[opt.name])
-        elif getattr(cfg, opt.name, None) is None:
-            setattr(cfg, opt.name, opt.default)
-    return cfg
+    """resolve(parse_args(...)) for ``name``, with some of its options replaced by ``options``."""
+    return dataclasses.replace(resolve(parse_args(["--method", name, *args])), **options)
 
 
 def build(name: str, *args: str, encoder: str = "resnet18", seed: int = 0, **options):

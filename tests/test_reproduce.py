@@ -2,6 +2,7 @@
 resume after a kill (nothing finished is recomputed), the plan, the budgets and the one-line errors."""
 import csv
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,6 +22,22 @@ def test_paper_table_covers_the_grid():
     assert reproduce.PAPER[("simclr", "cifar100", "resnet18")] == (55.0, 66.83)
     assert [c.name for c in reproduce.grid(["dare"], ["cifar10"], ["resnet18", "resnet50"])] == \
         ["dare-cifar10-resnet50", "dare-cifar10-resnet18"]
+
+
+def test_extra_rows_carry_solo_learns_reference_and_say_so():
+    from fastssl import methods
+    from fastssl.reproduce.report import results_markdown
+    from fastssl.reproduce.table import EXTRA_METHODS, REFERENCE
+    assert set(EXTRA_METHODS) <= set(methods.available()) and not set(EXTRA_METHODS) & set(reproduce.METHODS)
+    assert REFERENCE[("mocov3", "cifar10", "resnet18")] == 93.10 and ("mocov3", "cifar10", "resnet50") not in REFERENCE
+    cell = reproduce.cell_config(reproduce.Cell("vicreg", "cifar10", "resnet18"), "quick", Path("runs"), device="cpu")
+    assert cell.vicreg_sim == 25.0 and cell.optimizer == "lars"  # an extra row's cell resolves its own options
+    row = dict(method="vicreg", dataset="cifar10", encoder="resnet18", linear_top1=80.0, paper_top1=None,
+               paper_original_top1=None, reference_top1=92.07, diff=-12.07, knn_top1=70.0, epochs=50, steps=10,
+               wall_s=60.0, device="cpu", linear_protocol="probe")
+    text = results_markdown(dict(budget="quick", cells=[row], linear_protocol="probe"))
+    assert "| vicreg | cifar10 | resnet18 | 80.00 | 92.07\\* | -12.07 |" in text
+    assert "online linear probe, 1000 epochs" in text
 
 
 def test_budgets_override_the_schedule_and_keep_the_recipe(tmp_path):

@@ -107,3 +107,14 @@ def test_a_run_on_vit_tiny_trains_and_its_checkpoint_reloads(tmp_path, tiny_fold
     assert dim == 192 and isinstance(encoder, VisionTransformer)
     state = load_checkpoint(tmp_path)["method"]
     assert torch.equal(encoder.pos_embed, state["encoder.pos_embed"])
+
+
+def test_token_parameters_get_no_weight_decay_and_channels_last_is_ignored(capsys):
+    cfg = resolve(parse_args(["--method", "simclr", "--encoder", "vit_tiny", "--device", "cpu", "--channels-last"]))
+    assert cfg.channels_last is False and "no effect on vit_tiny" in capsys.readouterr().err
+    method = methods.get_method("simclr")(build_encoder("vit_tiny"), cfg)
+    decay, no_decay = method.param_groups()
+    decayed = {id(p) for p in decay["params"]}
+    assert id(method.encoder.cls_token) not in decayed and id(method.encoder.pos_embed) not in decayed
+    assert no_decay["weight_decay"] == 0.0 and all(p.ndim >= 2 for p in decay["params"])
+    assert resolve(parse_args(["--method", "simclr", "--device", "cpu"])).channels_last is True  # ResNets keep it

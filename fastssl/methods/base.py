@@ -86,6 +86,9 @@ def method_options() -> dict[str, tuple[Option, str]]:
     return dict(_OPTIONS)
 
 
+NO_DECAY_NAMES = ("cls_token", "pos_embed")  # fastssl.vit's token parameters (3-D, but not weights)
+
+
 class Method(nn.Module):
     """Encoder + heads + loss. Subclasses declare ``options``, set ``recipe`` and implement ``forward``.
 
@@ -136,11 +139,12 @@ class Method(nn.Module):
         return out + [local[i] for i in range(2, len(views))]
 
     def param_groups(self) -> list[dict]:
-        """Optimiser groups: biases and norm parameters get no weight decay and no LARS scaling."""
+        """Optimiser groups: biases, norm parameters and a ViT's class token and position embeddings get no
+        weight decay and no LARS scaling (as in the usual ViT recipes)."""
         decay, no_decay = [], []
-        for p in self.parameters():
+        for name, p in self.named_parameters():
             if p.requires_grad:
-                (no_decay if p.ndim <= 1 else decay).append(p)
+                (no_decay if p.ndim <= 1 or name.endswith(NO_DECAY_NAMES) else decay).append(p)
         return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0, "lars_exclude": True}]
 
     def on_step(self, step: int, total_steps: int) -> None:

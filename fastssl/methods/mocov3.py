@@ -24,17 +24,16 @@ import copy
 
 import torch
 
-from .. import distributed, losses
+from .. import dispatch
 from ..models import mlp
 from .base import Method, predict_pairs, register
 from .byol import BYOL
 
 
-def contrastive(q: torch.Tensor, k: torch.Tensor, temperature: float) -> torch.Tensor:
-    """ctr(q, k) of this rank's queries against every rank's keys: the one call a fused query-key
-    kernel would replace."""
-    keys = distributed.all_gather_nograd(k)
-    return losses.mocov3_loss(q, keys, temperature, offset=distributed.rank() * q.shape[0])
+def contrastive(q: torch.Tensor, k: torch.Tensor, temperature: float, backend: str = "torch") -> torch.Tensor:
+    """ctr(q, k) of this rank's queries against every rank's keys (gathered without gradient), through the
+    dispatcher: the fused query-key kernel on CUDA (``--kernels``), else the reference cross-entropy."""
+    return 2 * temperature * dispatch.cross_contrastive(q, k, temperature, backend=backend)
 
 
 @register("mocov3")
@@ -58,7 +57,7 @@ class MoCoV3(BYOL):
         with torch.no_grad():
             ks = [self.target_projector(self.target_encoder(v)) for v in views[:2]]
         with torch.autocast(qs[0].device.type, enabled=False):  # the logits in fp32 under --amp
-            terms = [contrastive(qs[v].float(), ks[g].float(), self.cfg.temperature)
+            terms = [contrastive(qs[v].float(), ks[g].float(), self.cfg.temperature, self.cfg.backend)
                      for v, g in predict_pairs(len(qs))]
             loss = sum(terms) * (2.0 / len(terms))
         return {"loss": loss}

@@ -15,7 +15,8 @@ import torch
 from data_prep.atomic import write_json, write_text
 
 from .plan import fmt_s
-from .table import (BUDGET_NOTES, BUDGETS, DATASETS, ENCODERS, LINEAR_PROTOCOL, METHODS, PROTOCOL_TEXT, RESULT,
+from .table import (BUDGET_NOTES, BUDGETS, DATASETS, ENCODERS, EXTRA_METHODS, LINEAR_PROTOCOL, METHODS,
+                    PROTOCOL_TEXT, REFERENCE_PROTOCOL, RESULT,
                     STANDARD, grid)
 
 
@@ -27,7 +28,7 @@ def protocol_of(record: dict) -> str:
 def collect(out: Path) -> list[dict]:
     """Every finished cell's record in OUT, in the paper's row order."""
     records = [json.loads(p.read_text()) for p in sorted((out / "cells").glob(f"*/{RESULT}"))]
-    order = {m: i for i, m in enumerate(METHODS)}
+    order = {m: i for i, m in enumerate(METHODS + EXTRA_METHODS)}
     return sorted(records, key=lambda r: (order.get(r["method"], 99), -ENCODERS.index(r["encoder"]),
                                           DATASETS.index(r["dataset"])))
 
@@ -61,18 +62,27 @@ def results_markdown(results: dict) -> str:
              + (" protocol |" if recorded else ""),
              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|" + ("---|" if recorded else "")]
     for r in rows:
-        paper = f"{r['paper_top1']:.1f}" + (f" ({r['paper_original_top1']})" if r["paper_original_top1"] else "")
+        paper = _paper_cell(r)
         ours = "-" if r["linear_top1"] is None else f"{r['linear_top1']:.2f}"
         diff = "-" if r["diff"] is None else f"{r['diff']:+.2f}"
         knn = "-" if r["knn_top1"] is None else f"{r['knn_top1']:.2f}"
         lines.append(f"| {r['method']} | {r['dataset']} | {r['encoder']} | {ours} | {paper} | {diff} | {knn} | "
                      f"{r['epochs']} | {r['steps']} | {fmt_s(r['wall_s'])} | {r['device']} |"
                      + (f" {protocol_of(r)} |" if recorded else ""))
+    if any(r.get("reference_top1") is not None for r in rows):
+        lines += ["", f"\\* Beyond the paper's table: {REFERENCE_PROTOCOL} (not the protocol of our column)."]
     missing = results.get("cells_not_run", [])
     if missing:
         lines += ["", f"Not run in this folder ({len(missing)} of {len(missing) + len(rows)} cells): "
                   + ", ".join(missing) + "."]
     return "\n".join(lines) + "\n"
+
+
+def _paper_cell(r: dict) -> str:
+    """The paper's number (the original work's in parentheses), or for an extra row the starred reference."""
+    if r.get("paper_top1") is not None:
+        return f"{r['paper_top1']:.1f}" + (f" ({r['paper_original_top1']})" if r["paper_original_top1"] else "")
+    return "-" if r.get("reference_top1") is None else f"{r['reference_top1']:.2f}\\*"
 
 
 def _environment_line(env: dict | None) -> str:
@@ -101,7 +111,7 @@ def write_results(out: Path, budget: str, command: str) -> dict:
     write_json(out / "results.json", results)
     buf = io.StringIO()
     cols = ["method", "dataset", "encoder", "budget", "linear_top1", "linear_protocol", "probe_top1", "paper_top1",
-            "paper_original_top1", "diff", "knn_top1", "knn_protocol", "knn_top1_k20", "epochs", "steps", "wall_s",
+            "paper_original_top1", "reference_top1", "diff", "knn_top1", "knn_protocol", "knn_top1_k20", "epochs", "steps", "wall_s",
             "device"]
     writer = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
@@ -123,7 +133,8 @@ def chart(rows: list[dict], budget: str, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(rows) + 1.5), 4.0))
     protocols = "/".join(sorted({protocol_of(r) for r in rows})) or LINEAR_PROTOCOL[budget]
     ax.bar([i - 0.2 for i in x], [r["linear_top1"] or 0 for r in rows], 0.4, label=f"ours ({budget}, {protocols})")
-    ax.bar([i + 0.2 for i in x], [r["paper_top1"] for r in rows], 0.4, label="paper (Table 1)")
+    ax.bar([i + 0.2 for i in x], [r["paper_top1"] or r.get("reference_top1") or 0 for r in rows], 0.4,
+           label="paper (Table 1); extra rows: solo-learn")
     ax.set_xticks(list(x), labels, fontsize=7)
     ax.set_ylabel("linear top-1 (%)")
     ax.set_ylim(0, 100)

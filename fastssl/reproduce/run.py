@@ -12,7 +12,7 @@ import torch
 from data_prep.atomic import write_json
 
 from .plan import Planned
-from .table import LINEAR_PROTOCOL, PAPER, RESULT, STANDARD
+from .table import LINEAR_PROTOCOL, PAPER, REFERENCE, RESULT, STANDARD
 
 
 def run_cell(p: Planned, budget: str) -> dict:
@@ -22,7 +22,9 @@ def run_cell(p: Planned, budget: str) -> dict:
     resumed = (folder / CHECKPOINT).exists()
     summary = train(dataclasses.replace(p.cfg, resume=resumed))
     cfg = summary["config"]
-    paper, original = PAPER[(p.cell.method, p.cell.dataset, p.cell.encoder)]
+    key = (p.cell.method, p.cell.dataset, p.cell.encoder)
+    paper, original = PAPER.get(key, (None, None))  # an extra row (EXTRA_METHODS) has a reference instead
+    reference = REFERENCE.get(key)
     protocol, probe_top1, standard_s = LINEAR_PROTOCOL[budget], summary["linear_top1"], None
     if protocol == "standard":
         t0 = time.perf_counter()
@@ -33,8 +35,8 @@ def run_cell(p: Planned, budget: str) -> dict:
     record = dict(method=p.cell.method, dataset=p.cell.dataset, encoder=p.cell.encoder, budget=budget,
                   linear_top1=ours, linear_protocol=protocol,
                   linear_settings=STANDARD if protocol == "standard" else None, linear_s=standard_s,
-                  probe_top1=probe_top1, paper_top1=paper, paper_original_top1=original,
-                  diff=None if ours is None else round(ours - paper, 2), knn_top1=summary["knn_top1"],
+                  probe_top1=probe_top1, paper_top1=paper, paper_original_top1=original, reference_top1=reference,
+                  diff=None if ours is None or (paper or reference) is None else round(ours - (paper or reference), 2), knn_top1=summary["knn_top1"],
                   knn_protocol=f"kNN k={cfg['knn_k']}, temperature {cfg['knn_t']}", knn_top1_k20=summary.get("knn_top1_k20"),
                   knn_top1_init=summary["knn_top1_init"], epochs=summary["epochs"], steps=summary["steps"],
                   images_seen=summary["images_seen"], wall_s=summary["wall_s"], device=summary["device"],

@@ -23,6 +23,13 @@ _TABLE1 = {
 }
 PAPER = {(m, d, e): v for m, row in _TABLE1.items() for (d, e), v in zip(_COLUMNS, row)}
 
+# Rows beyond the paper's table: the methods users pick now. The paper has no number for them; the reference
+# column holds solo-learn's published ResNet-18 results (CIFAR-10, CIFAR-100), another protocol than ours.
+EXTRA_METHODS = ("vicreg", "mocov3", "dino")
+_SOLO_LEARN_R18 = {"vicreg": (92.07, 68.54), "mocov3": (93.10, 68.83), "dino": (89.52, 66.76)}
+REFERENCE = {(m, d, "resnet18"): top1 for m, row in _SOLO_LEARN_R18.items() for d, top1 in zip(DATASETS, row)}
+REFERENCE_PROTOCOL = "solo-learn's published ResNet-18 result: online linear probe, 1000 epochs, batch 256"
+
 # Budgets override the method recipes' schedule (and, for smoke, the sizes); everything else comes
 # from Method.recipe through fastssl.config.resolve.
 BUDGETS = {
@@ -52,8 +59,8 @@ DATASET_SIZE = {"cifar10": (50000, 10000), "cifar100": (50000, 10000)}  # when t
 
 
 def family(method: str) -> str:
-    """Methods of one family cost about the same per step: BYOL also runs an EMA target network."""
-    return "ema-target" if method == "byol" else "two-view"
+    """Methods of one family cost about the same per step: BYOL, MoCo v3 and DINO also run an EMA target network."""
+    return "ema-target" if method in ("byol", "mocov3", "dino") else "two-view"
 
 
 @dataclass(frozen=True)
