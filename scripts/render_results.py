@@ -38,7 +38,7 @@ def kind_of(record: dict) -> str | None:
         return "train_step"
     if record.get("benchmark") == "time_to_accuracy":
         return "time_to_accuracy"
-    if record.get("benchmark") == "pretrain_fast_transcribed":
+    if record.get("benchmark") in ("pretrain_fast", "pretrain_fast_transcribed"):
         return "pretrain_fast"
     if "cells" in record and "budget" in record and "cells_not_run" in record:
         return "reproduce"
@@ -153,10 +153,13 @@ def _run_all_md(path: str, r: dict) -> str:
 
 
 def _pretrain_fast_md(path: str, r: dict) -> str:
+    sourced = any("source" in x for x in r["results"])  # a record that mixes run output and transcribed rows
     lines = [f"{r['provenance']} Device: {r['device']}; `{r['command']}`; {r['setup']} ({_link(path)}).", "",
-             "| method | kNN before | kNN after | wall (s) |", "|---|---:|---:|---:|"]
+             "| method | kNN before | kNN after | wall (s) |" + (" source |" if sourced else ""),
+             "|---|---:|---:|---:|" + ("---|" if sourced else "")]
     for x in r["results"]:
-        lines.append(f"| {x['method']} | {x['knn_top1_init']:.2f} | {x['knn_top1']:.2f} | ~{x['wall_s']:.0f} |")
+        lines.append(f"| {x['method']} | {x['knn_top1_init']:.2f} | {x['knn_top1']:.2f} | ~{x['wall_s']:.0f} |"
+                     + (f" {x.get('source', '')} |" if sourced else ""))
     return "\n".join(lines + ["", r["note"]])
 
 
