@@ -38,5 +38,9 @@ class BarlowTwins(Method):
             # every rank computes the same global loss (a D x D matrix: cheap next to the network).
             zs = [distributed.all_gather_with_grad(z.float()) for z in zs]
             pairs = cross_pairs(len(zs))
-            loss = sum(losses.barlow_twins_loss(zs[a], zs[b], self.lambd) for a, b in pairs) / len(pairs)
+            loss = sum(self.pair_loss(zs[a], zs[b]) for a, b in pairs) / len(pairs)
         return {"loss": loss}
+
+    def pair_loss(self, za: torch.Tensor, zb: torch.Tensor) -> torch.Tensor:
+        """The loss of one view pair's global-batch embeddings (VICReg, a subclass, has its own)."""
+        return losses.barlow_twins_loss(za, zb, self.lambd)

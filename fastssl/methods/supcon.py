@@ -9,21 +9,17 @@ with the labels; ``supcon_loss`` when V = 2).
 import torch
 
 from .. import dispatch
-
-from ..models import mlp
-from .base import Method, register
+from .base import register
+from .simclr import SimCLR
 
 
 @register("supcon")
-class SupCon(Method):
+class SupCon(SimCLR):
+    """SimCLR's projector; the labels define the positives."""
     uses_labels = True
     # solo-learn's CIFAR recipe: SGD lr 0.4; tau 0.1 as in the SupCon paper.
     recipe = dict(optimizer="sgd", lr=0.4, weight_decay=1e-5, temperature=0.1,
                   proj_hidden=2048, proj_dim=256, aug="default")
-
-    def __init__(self, encoder, cfg):
-        super().__init__(encoder, cfg)
-        self.projector = mlp(encoder.dim, cfg.proj_hidden, cfg.proj_dim)
 
     def forward(self, views, labels=None):
         if labels is None:

@@ -15,34 +15,23 @@ computes the same global loss, as Barlow Twins does.
 """
 import torch
 
-from .. import distributed, losses
-from ..models import mlp
-from .base import Method, Option, cross_pairs, register
+from .. import losses
+from .barlow import BarlowTwins
+from .base import Option, register
 
 
 @register("vicreg")
-class VICReg(Method):
-    # solo-learn's CIFAR recipe: LARS lr 0.3, wd 1e-4, expander 2048 -> 2048, solarisation on one view.
-    recipe = dict(optimizer="lars", lr=0.3, weight_decay=1e-4, proj_hidden=2048, proj_dim=2048, aug="asymmetric")
+class VICReg(BarlowTwins):
+    """Barlow Twins' expander, recipe, CPU preset, multi-crop pairs and global-batch gathering; VICReg's loss."""
+    # solo-learn's CIFAR recipe is Barlow's: LARS lr 0.3, wd 1e-4, expander 2048 -> 2048, solarisation on one
+    # view; and so is the CPU --fast preset (LARS sizes each layer's step to its weights, and a 512-d output
+    # leaves the covariance term something to decorrelate).
     options = (
         Option("vicreg_sim", float, 25.0, "VICReg: weight of the invariance (MSE) term"),
         Option("vicreg_var", float, 25.0, "VICReg: weight of the variance (std hinge) term"),
         Option("vicreg_cov", float, 1.0, "VICReg: weight of the covariance (off-diagonal) term"),
     )
-    # CPU --fast: like Barlow Twins (a redundancy-reduction loss on a wide output), LARS sizes each layer's
-    # step to its weights, and a 512-d output leaves the covariance term something to decorrelate.
-    fast_cpu = dict(optimizer="lars", lr=0.3, proj_dim=512)
 
-    def __init__(self, encoder, cfg):
-        super().__init__(encoder, cfg)
-        self.projector = mlp(encoder.dim, cfg.proj_hidden, cfg.proj_dim, layers=3)
-
-    def forward(self, views, labels=None):
-        zs = self.embed_views(views, lambda v: self.projector(self.encoder(v)))
-        with torch.autocast(zs[0].device.type, enabled=False):  # variances and covariances in fp32
-            zs = [distributed.all_gather_with_grad(z.float()) for z in zs]
-            pairs = cross_pairs(len(zs))
-            cfg = self.cfg
-            loss = sum(losses.vicreg_loss(zs[a], zs[b], cfg.vicreg_sim, cfg.vicreg_var, cfg.vicreg_cov)
-                       for a, b in pairs) / len(pairs)
-        return {"loss": loss}
+    def pair_loss(self, za: torch.Tensor, zb: torch.Tensor) -> torch.Tensor:
+        cfg = self.cfg
+        return losses.vicreg_loss(za, zb, cfg.vicreg_sim, cfg.vicreg_var, cfg.vicreg_cov)
