@@ -19,7 +19,8 @@ import os
 import sys
 from pathlib import Path
 
-KERNEL_TESTS = ["tests/test_kernels_contrastive.py", "tests/test_kernels_dare.py", "tests/test_kernels_compile.py"]
+KERNEL_TESTS = ["tests/test_kernels_contrastive.py", "tests/test_kernels_dare.py", "tests/test_kernels_cross.py",
+                "tests/test_kernels_compile.py"]
 TINY = ["--width", "8", "--batch-size", "16", "--proj-hidden", "32", "--proj-dim", "16", "--knn-k", "10",
         "--device", "cpu"]
 QUICK_BUDGET_S = 300.0  # first light: a second call must still fit in the 15-minute lease
