@@ -130,7 +130,7 @@ def _sync(device: torch.device) -> None:
 def synthetic_loader(cfg, device, images: int | None = None, num_classes: int = 10):
     """A resident loader over random uint8 images: the real augmentation and batch shapes, no dataset."""
     from .augment import TwoViewAugment, policy_pair
-    from .data import ResidentLoader
+    from .loaders.resident import ResidentLoader
     n = images or cfg.batch_size * 4
     gen = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=gen).to(device)

@@ -155,7 +155,7 @@ def test_target_knn_stops_the_run(tmp_path, tiny_folder, monkeypatch):
 
 
 def test_res_schedule_sets_the_global_size(tmp_path, tiny_folder, monkeypatch):
-    from fastssl.data import ResidentLoader
+    from fastssl.loaders.resident import ResidentLoader
     sizes = []
     monkeypatch.setattr(ResidentLoader, "set_global_size", lambda self, px: sizes.append((self_step[0], px)),
                         raising=False)

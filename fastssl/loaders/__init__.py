@@ -1,6 +1,6 @@
 """Training-data loaders, chosen with ``--loader {resident,ffcv,dali,torch}``.
 
-Every loader has the contract of :class:`fastssl.data.ResidentLoader` (the others share its setters
+Every loader has the contract of :class:`fastssl.loaders.resident.ResidentLoader` (the others share its setters
 through ``common.EpochLoader``): ``set_epoch(e)``, ``set_global_size(px)``, ``len(loader)`` batches,
 and iterating yields ``(views, labels)`` on the
 training device: ``views`` the list [global1, global2, *local crops] of augmented, normalised float
@@ -35,8 +35,9 @@ import torch
 from data_prep.formats import MissingPackage, ensure_formats
 
 from ..augment import TwoViewAugment
-from ..data import ResidentLoader, to_nchw
+from ..data import to_nchw
 from .common import UnsupportedOption, refuse_local_crops
+from .resident import ResidentLoader
 
 LOADERS = ("resident", "ffcv", "dali", "torch")
 
