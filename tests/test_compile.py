@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import os
-import socket
 
 import pytest
 import torch
@@ -29,6 +28,8 @@ from torch._dynamo.testing import CompileCounterWithBackend
 from fastssl import methods
 from fastssl.config import parse_args, resolve
 from fastssl.models import build_encoder
+
+from ddp_helpers import free_port
 
 pytestmark = pytest.mark.compile
 
@@ -187,12 +188,6 @@ def test_fused_custom_ops_inside_the_compiled_graph(monkeypatch, name):
 DDP_METHODS = ["simclr"]  # DARe under DDP is covered eagerly in test_distributed.py; compiling it here costs ~100 s
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _ddp_worker(rank, world, port, out):
     import torch.distributed as dist
     from fastssl import distributed
@@ -224,7 +219,7 @@ def test_ddp_compiled_step_equals_one_eager_process(tmp_path):
     and inductor compiling each of the ~30 pieces would take many minutes on 2 shared cores; the
     single-process tests above cover inductor's code generation for every method."""
     import torch.multiprocessing as mp
-    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     for rank in range(2):
         got = torch.load(tmp_path / f"ddp-{rank}.pt")
         for name in DDP_METHODS:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sys
 from pathlib import Path
 
@@ -31,18 +30,14 @@ from fastssl.augment import TwoViewAugment, policy_pair
 from fastssl.data import shard_rows
 from fastssl.loaders import make_loader
 
+from ddp_helpers import free_port, randomise_batchnorm
+
 WORLD = 2
 
 
 # ------------------------------------------------------------------------------------------------
 # Spawning helpers
 # ------------------------------------------------------------------------------------------------
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _worker(rank, world, port, fn_name, args):
     torch.set_num_threads(1)
@@ -60,7 +55,7 @@ def spawn(fn, *args, env=None):
     saved = {k: os.environ.get(k) for k in (env or {})}
     os.environ.update(env or {})
     try:
-        mp.spawn(_worker, args=(WORLD, _free_port(), fn.__name__, args), nprocs=WORLD, join=True)
+        mp.spawn(_worker, args=(WORLD, free_port(), fn.__name__, args), nprocs=WORLD, join=True)
     finally:
         for k, v in saved.items():
             if v is None:
@@ -300,11 +295,7 @@ def _method(name, world):
     torch.manual_seed(0)
     m = methods.get_method(name)(build_encoder("resnet18", 8), _method_cfg(name)).double()
     g = torch.Generator().manual_seed(1)
-    with torch.no_grad():  # no zero-initialised BatchNorm: every branch (and its statistics) gets gradient
-        for bn in m.modules():
-            if isinstance(bn, torch.nn.modules.batchnorm._BatchNorm) and bn.affine:
-                bn.weight.copy_(torch.rand(bn.weight.shape, generator=g) + 0.5)
-                bn.bias.copy_(0.1 * torch.randn(bn.bias.shape, generator=g))
+    randomise_batchnorm(m, g)
     return distributed.convert_batchnorm(m, torch.device("cpu")) if world > 1 else m
 
 

@@ -6,7 +6,6 @@ hence the tolerances of tests/test_distributed.py."""
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
@@ -15,16 +14,11 @@ import torch.multiprocessing as mp
 
 from fastssl import distributed
 from fastssl.data import shard_rows
+from ddp_helpers import free_port, randomise_batchnorm
 from new_methods_helpers import build
 
 WORLD = 2
 METHODS = ["vicreg", "mocov3", "dino"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _worker(rank, world, port, out):
@@ -41,11 +35,8 @@ def _worker(rank, world, port, out):
 def _method(name, world):
     m = build(name, dino_prototypes=16).double()
     g = torch.Generator().manual_seed(1)
-    with torch.no_grad():  # no zero-initialised BatchNorm: every branch (and its statistics) gets gradient
-        for bn in m.modules():
-            if isinstance(bn, torch.nn.modules.batchnorm._BatchNorm) and bn.affine:
-                bn.weight.copy_(torch.rand(bn.weight.shape, generator=g) + 0.5)
-                bn.bias.copy_(0.1 * torch.randn(bn.bias.shape, generator=g))
+    randomise_batchnorm(m, g)
+    with torch.no_grad():
         for p in getattr(m, "target_parameters", list)():  # a momentum network unlike the online one
             p.add_(0.02 * torch.randn(p.shape, generator=g, dtype=p.dtype))
     return distributed.convert_batchnorm(m, torch.device("cpu")) if world > 1 else m
@@ -77,7 +68,7 @@ def _step(name, world, rank=0, local=False):
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp")
-    mp.spawn(_worker, args=(WORLD, _free_port(), str(out)), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(WORLD, free_port(), str(out)), nprocs=WORLD, join=True)
     return [torch.load(out / f"rank{r}.pt") for r in range(WORLD)]
 
 
