@@ -10,6 +10,8 @@ from data_prep import DataError
 from .config import CLIError, parse_args, resolve
 from .distributed import env_rank
 
+PAUSED = 75  # the exit code of a run stopped by --stop-after, to be continued with --resume
+
 
 def main(argv=None) -> int:
     cfg = parse_args(argv)  # argparse itself exits with code 2 on a malformed option
@@ -39,6 +41,8 @@ def main(argv=None) -> int:
         return 130
     if summary is None:  # a data-parallel rank other than 0: rank 0 reports
         return 0
+    if summary["stopped_by"] == "paused":  # --stop-after: rerun with --resume (75: "try again", as in sysexits)
+        return PAUSED
     lin, knn0, knn = summary["linear_top1"], summary["knn_top1_init"], summary["knn_top1"]
     print(f"done in {summary['wall_s']:.0f} s ({summary['train_s']:.0f} s training, {summary['eval_s']:.0f} s "
           f"evaluation, {summary['steps']} steps)"

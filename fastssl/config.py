@@ -84,6 +84,10 @@ GLOBAL_OPTIONS = (
     Option("target_knn", float, 0.0, "stop as soon as the kNN monitor reaches this top-1 (percent; needs "
            "--knn-every-steps or --knn-every; 0 = off)"),
     Option("knn_every_steps", int, 0, "kNN monitor every K optimiser steps as well (0 = off)"),
+    Option("stop_after", float, 0.0, "wall-clock seconds this call may run (start-up and evaluation included): "
+           "once they are spent the run writes a checkpoint and exits with code 75; --resume continues it exactly "
+           "and does not charge its recompilation to the training clock (for machines lent in time-limited "
+           "calls; 0 = off)", metavar="SECONDS"),
     Option("local_crops", int, 0, "multi-crop: K extra small local crops per image"),
     Option("local_size", int, 16, "local crop size in pixels"),
     Option("local_scale", tuple, (0.05, 0.3), "local crop area range LO,HI as fractions of the image",
@@ -241,7 +245,9 @@ def resolve(cfg: Config) -> Config:
     preset = FAST_PRESETS["cuda" if cfg.device == "cuda" else "cpu"] if cfg.fast else {}
     if cfg.fast and cfg.device != "cuda":
         preset = {**preset, **method_cls.fast_cpu}  # a method's documented short-CPU-schedule overrides
-    recipe_name = cfg.recipe or "default"
+    # --fast without --recipe takes the method's ``fast_recipe``: the recipe that won its time-to-accuracy runs
+    recipe_name = cfg.recipe or (method_cls.fast_recipe if cfg.fast else "default")
+    cfg.recipe = recipe_name
     recipe = method_cls.recipes.get(recipe_name, RECIPES.get(recipe_name))
     if recipe is None:
         raise CLIError(f"--recipe {recipe_name} is not defined for method {cfg.method} (its recipes: "

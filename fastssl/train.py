@@ -129,11 +129,12 @@ def _resumed_config(cfg: Config, ckpt: dict, ckpt_path: Path, world: int, log) -
         saved = config_from_checkpoint(ckpt["config"])
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{ckpt_path} is not a fastssl checkpoint: {e}") from None
-    changed = [f.name for f in dataclasses.fields(Config) if f.name not in ("resume", "progress", "out")
+    per_call = ("resume", "progress", "out", "stop_after")
+    changed = [f.name for f in dataclasses.fields(Config) if f.name not in per_call
                and getattr(saved, f.name) != getattr(cfg, f.name)]
     if changed:
         log(f"resume: using the checkpoint's settings; ignoring changed options: {', '.join(changed)}")
-    cfg = dataclasses.replace(saved, resume=True, progress=cfg.progress, out=cfg.out)
+    cfg = dataclasses.replace(saved, **{name: getattr(cfg, name) for name in per_call})
     if cfg.batch_size % world:
         raise ResumeError(f"--resume: the checkpoint's global batch {cfg.batch_size} is not divisible by the "
                           f"number of processes ({world})")
@@ -194,6 +195,7 @@ def _train(cfg: Config, device: torch.device) -> dict | None:
     sizes = GlobalSize(loader, cfg)
     stopped = "budget" if budget and train_s >= budget else "target" if state.time_to_target_s else None
     lr = schedule.lr(state.step, schedule.progress(state.step, train_s))
+    recompiles = ckpt is not None and cfg.compile == "on"  # a resume compiles again: not charged to the clock
 
     while stopped is None and (budget or state.epoch < cfg.epochs):
         epoch, skip = state.epoch, state.batch
@@ -206,7 +208,9 @@ def _train(cfg: Config, device: torch.device) -> dict | None:
         for i, (views, y) in enumerate(bar, start=skip):
             p = schedule.progress(state.step, train_s)
             lr = schedule.lr(state.step, p)
-            loss_sum += step(views, y, lr, schedule.position(state.step, p))
+            with run.clock.paused() if recompiles else contextlib.nullcontext():
+                loss_sum += step(views, y, lr, schedule.position(state.step, p))
+            recompiles = False
             state.step, state.batch = state.step + 1, i + 1
             last_batch = i + 1 == steps_per_epoch
             if (i + 1) % LOSS_EVERY_STEPS == 0 or last_batch:  # syncs with the device: not every step
@@ -227,12 +231,18 @@ def _train(cfg: Config, device: torch.device) -> dict | None:
                                       (i + 1) * cfg.batch_size / max(1e-9, train_s - epoch_t0), train_s, p))
             if stopped:
                 break
-            if train_s - last_ckpt >= CHECKPOINT_EVERY_S and not last_batch:
+            pause = state.step % refresh_every == 0 and run.call_spent()  # --stop-after
+            if (pause or train_s - last_ckpt >= CHECKPOINT_EVERY_S) and not last_batch:
                 state.epoch_train_s = train_s - epoch_t0
                 loss_so_far = distributed.all_reduce_mean(loss_sum).item()  # a collective: every rank
                 if main:
                     run.save(loss_so_far)
                 last_ckpt = train_s
+                if pause:
+                    stopped = "paused"
+                    break
+        if stopped == "paused":
+            break
         row, whole = run.end_epoch(epoch, steps_per_epoch, loss_sum, lr, train_s, epoch_t0)
         if main and whole and last_knn_step != state.step and (
                 (not budget and state.epoch == cfg.epochs) or (cfg.knn_every and state.epoch % cfg.knn_every == 0)):
@@ -250,7 +260,11 @@ def _train(cfg: Config, device: torch.device) -> dict | None:
             run.save(state.epoch_loss)
             last_ckpt = train_s
             run.report()
+        if stopped is None and run.call_spent():
+            stopped = "paused"
 
+    if stopped == "paused":
+        return run.pause() if main else None
     train_s = run.clock.read()  # the training seconds of the run (not what follows: final kNN, probe, reports)
     if not main:
         return None

@@ -66,6 +66,22 @@ class Run:
     def wall(self) -> float:
         return self.wall_before + train_state.now() - self.t_start
 
+    def call_spent(self) -> bool:
+        """This call's ``--stop-after`` seconds are spent (rank 0's clock decides for every rank)."""
+        if not self.cfg.stop_after:
+            return False
+        return bool(distributed.from_rank0(float(train_state.now() - self.t_start >= self.cfg.stop_after), self.device))
+
+    def pause(self) -> dict:
+        """The end of a call stopped by ``--stop-after``: its checkpoint is written; metrics.jsonl now too."""
+        st, cfg = self.state, self.cfg
+        self.report()
+        budget = f" of {cfg.time_budget:g}" if cfg.time_budget else ""
+        self.log(f"paused after {train_state.now() - self.t_start:.0f} s of this call (--stop-after {cfg.stop_after:g}) "
+                 f"at step {st.step}, {self.clock.read():.1f}{budget} training seconds spent; continue with "
+                 f"--resume --out {cfg.out}")
+        return dict(stopped_by="paused", steps=st.step, train_s=self.clock.read(), out=str(self.out))
+
     # ---- the clock and the loss -------------------------------------------------------------------
 
     def read_clock(self, sync: bool = False) -> float:

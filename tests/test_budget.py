@@ -134,6 +134,33 @@ def test_budget_resume_continues_where_it_stopped(tmp_path, tiny_folder, fake_cl
     assert summary["steps"] == 20 and summary["train_s"] == pytest.approx(2.5)
 
 
+@pytest.mark.slow  # eight short calls
+def test_stop_after_pauses_and_resume_finishes_the_same_run(tmp_path, tiny_folder, fake_clock):
+    # each call may run 0.3 s of the simulated clock (3 steps): the run goes on over calls that each
+    # exit with code 75 after a checkpoint, and ends exactly where one uninterrupted call ends
+    args = ("--time-budget", "2.5", "--epochs", "2", "--warmup-epochs", "0.5", "--knn-every-steps", "4")
+    assert run(tmp_path / "full", tiny_folder, "dare", *args) == 0
+    codes = [run(tmp_path / "part", tiny_folder, "dare", *args, "--stop-after", "0.3")]
+    while codes[-1] == 75 and len(codes) < 20:
+        codes.append(run(tmp_path / "part", tiny_folder, "dare", *args, "--stop-after", "0.3", "--resume"))
+        ckpt = load_checkpoint(tmp_path / "part")
+        assert ckpt["config"]["stop_after"] == 0.3 and ckpt["train_s"] == pytest.approx(ckpt["step"] * STEP_S)
+    assert codes[-1] == 0 and set(codes[:-1]) == {75} and len(codes) == 7  # 20 steps, 3 a call
+    a, b = load_checkpoint(tmp_path / "full"), load_checkpoint(tmp_path / "part")
+    assert a["step"] == b["step"] == 20
+    for k in a["method"]:
+        torch.testing.assert_close(a["method"][k], b["method"][k], rtol=1e-5, atol=1e-6, msg=k)
+    assert [r["step"] for r in rows_of(tmp_path / "part", "knn")] == [r["step"] for r in rows_of(tmp_path / "full", "knn")]
+    summary = json.loads((tmp_path / "part" / "summary.json").read_text())
+    assert summary["steps"] == 20 and summary["train_s"] == pytest.approx(2.5) and summary["stopped_by"] == "budget"
+
+
+def test_stop_after_rejects_a_negative_value(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--stop-after", "-1", *TINY])
+    assert e.value.code == 2 and "argument --stop-after: must be >= 0, got -1" in capsys.readouterr().err
+
+
 def test_target_knn_stops_the_run(tmp_path, tiny_folder, monkeypatch):
     measured = []
 

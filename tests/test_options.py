@@ -144,6 +144,22 @@ def test_a_method_recipe_of_the_same_name_replaces_the_global_one(monkeypatch):
     assert cfg.res_schedule == "16,24,32" and cfg.temperature == 0.2  # other methods keep the global recipe
 
 
+def test_fast_takes_the_method_fast_recipe_unless_a_recipe_is_named(monkeypatch):
+    monkeypatch.setattr(methods.get_method("simclr"), "fast_recipe", "speedrun")
+    monkeypatch.setattr(methods.get_method("dare"), "fast_recipe", "default")
+    fast = ["--device", "cpu", "--fast"]
+    cfg = resolve(parse_args(["--method", "simclr", *fast]))
+    assert cfg.recipe == "speedrun" and cfg.res_schedule == "16,24,32"
+    cfg = resolve(parse_args(["--method", "simclr", *fast, "--recipe", "default"]))
+    assert cfg.recipe == "default" and cfg.res_schedule == ""
+    cfg = resolve(parse_args(["--method", "simclr", *fast, "--res-schedule", "24,32"]))
+    assert cfg.recipe == "speedrun" and cfg.res_schedule == "24,32"  # the command line still wins
+    cfg = resolve(parse_args(["--method", "simclr", "--device", "cpu"]))
+    assert cfg.recipe == "default" and cfg.res_schedule == ""  # without --fast: the default recipe
+    cfg = resolve(parse_args(["--method", "dare", *fast]))
+    assert cfg.recipe == "default" and cfg.res_schedule == ""
+
+
 @pytest.fixture
 def scratch_registry(monkeypatch):
     """Registrations made by a test vanish with it."""

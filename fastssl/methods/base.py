@@ -112,6 +112,9 @@ class Method(nn.Module):
     # Overrides of the CPU ``--fast`` preset (``config.FAST_PRESETS["cpu"]``) for methods that need
     # another short-schedule setting to learn in ~400 steps; each method documents why.
     fast_cpu: dict = {}
+    # The recipe ``--fast`` takes when --recipe is not given: "speedrun" once the method's speedrun recipe
+    # has beaten its default at equal training seconds on every seed (bench/time_to_accuracy.py).
+    fast_recipe: str = "default"
 
     def __init__(self, encoder: nn.Module, cfg):
         super().__init__()
