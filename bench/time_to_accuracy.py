@@ -6,8 +6,9 @@
     python bench/time_to_accuracy.py --gpu --data .data             # GPU: time to 80% kNN, full CIFAR-10, R18
 
 Every run is ``scripts/pretrain.py`` in a subprocess with the same seed, data subset, evaluation
-subsets and ``--time-budget`` (training seconds; evaluation is not charged), one run at a time
-(they compare at equal wall clock, so they must never overlap) with the same pinned thread count.
+subsets and ``--time-budget`` (training seconds; evaluation is not charged) and the same pinned thread
+count; one run at a time, or with ``--jobs 2`` a method's default and candidate side by side, each pinned
+to its own core (they compare at equal wall clock, so each must have its cores to itself).
 ``CANDIDATES`` below is the whole list of recipe changes; ``a+b`` on the command line combines
 two of them. Each run's folder (``--runs-dir``) keeps its log, summary.json and metrics.jsonl; with
 ``--resume`` finished runs are skipped, so an interrupted sweep continues where it stopped.
@@ -67,7 +68,10 @@ def parse_args(argv=None):
     p.add_argument("--target-gain", type=float, default=3.0,
                    help="kNN points over default a recipe must gain on every seed (default: %(default)s)")
     p.add_argument("--threads", type=int, default=None,
-                   help="OMP/MKL threads of every run (default: all %d cores)" % (os.cpu_count() or 1))
+                   help="OMP/MKL threads of every run (default: the cores divided by --jobs)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="runs side by side, each pinned to its own core (a method's default and candidate "
+                   "together) (default: %(default)s, one run at a time, not pinned)")
     p.add_argument("--time-limit", type=float, default=None,
                    help="seconds for the whole sweep: a run starts only if it fits (default: none, --gpu 470)")
     p.add_argument("--data", default=None, help="dataset location for every run (else $FASTSSL_DATA, cache, download)")
@@ -86,7 +90,7 @@ def parse_args(argv=None):
     args.budget = args.budget if args.budget is not None else (75.0 if gpu else 240.0)
     args.knn_every_steps = args.knn_every_steps if args.knn_every_steps is not None else (300 if gpu else 100)
     args.target_knn = args.target_knn if args.target_knn is not None else (80.0 if gpu else 0.0)
-    args.threads = args.threads if args.threads is not None else os.cpu_count() or 1
+    args.threads = args.threads if args.threads is not None else max(1, len(os.sched_getaffinity(0)) // max(1, args.jobs))
     args.time_limit = args.time_limit if args.time_limit is not None else (470.0 if gpu else None)
     if args.budget <= 0:
         p.error(f"--budget must be > 0 seconds, got {args.budget:g}")
@@ -96,6 +100,12 @@ def parse_args(argv=None):
         p.error(f"--target-knn is a percentage in [0, 100], got {args.target_knn:g}")
     if args.threads < 1:
         p.error(f"--threads must be >= 1, got {args.threads}")
+    usable = len(os.sched_getaffinity(0))
+    if not 1 <= args.jobs <= usable:
+        p.error(f"--jobs must be between 1 and the {usable} core(s) this process may use, got {args.jobs}")
+    if args.jobs > 1 and args.threads * args.jobs > usable:
+        p.error(f"--jobs {args.jobs} x --threads {args.threads} is more threads than the {usable} core(s): "
+                f"side-by-side runs would slow each other")
     from fastssl import methods
     unknown = [m for m in args.methods if m not in methods.available()]
     if unknown:

@@ -60,7 +60,8 @@ def summary_markdown(record: dict) -> str:
     target = s.get("target_knn")
     lines = [f"`{env['command']}` on {env['device']}, {env['time'][:10]}, torch {env['torch']}; {s['mode']} mode, "
              f"time budget {s['budget']:g} s of training per run (evaluation not charged), kNN every "
-             f"{s['knn_every_steps']} steps, {s['threads']} threads, runs one at a time"
+             f"{s['knn_every_steps']} steps, {s['threads']} threads, "
+             + ("runs one at a time" if s.get("jobs", 1) == 1 else f"{s['jobs']} runs side by side, one pinned core each")
              + (f", target {target:g}% kNN" if target else "") + "."
              + (f" Note: {record['note']}" if record.get("note") else ""), "",
              "| recipe | method | seed | kNN at budget | kNN before | train_s | steps | images | "
@@ -100,8 +101,7 @@ def summary_markdown(record: dict) -> str:
                      f"{'+'.join(record['winners'])}`." if len(record["winners"]) > 1 else "")]
     lines += ["", "Candidates (extra `scripts/pretrain.py` arguments):", "", "| recipe | arguments |", "|---|---|"]
     for name in dict.fromkeys(r["candidate"] for r in record["runs"]):
-        lines.append(f"| {name} | `{shlex.join(candidate_args(name))}` |" if candidate_args(name)
-                     else f"| {name} | (none: today's recipe) |")
+        lines.append(f"| {name} | `{shlex.join(candidate_args(name))}` |")
     return "\n".join(lines) + "\n"
 
 
@@ -144,7 +144,7 @@ def build_record(args, runs: list[dict], command: str) -> dict:
     records = [read_run(r, target) for r in runs]
     gain_rows = gains(records, target_gain=args.target_gain)
     settings = dict(mode="gpu" if args.gpu else "fast", budget=args.budget, knn_every_steps=args.knn_every_steps,
-                    target_knn=target, threads=args.threads, methods=args.methods, seeds=args.seeds,
+                    target_knn=target, threads=args.threads, jobs=args.jobs, methods=args.methods, seeds=args.seeds,
                     candidates=args.candidates, runs_dir=str(args.runs_dir), pretrain_args=args.pretrain_args,
                     time_limit=args.time_limit, commit=git_commit())
     return dict(benchmark="time_to_accuracy", environment=environment(command), settings=settings,

@@ -15,6 +15,7 @@ import os
 import shlex
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -27,10 +28,11 @@ from bench._common import stop_group  # noqa: E402
 PRETRAIN = "scripts/pretrain.py"
 
 # The recipe changes under test: name -> extra scripts/pretrain.py arguments (on top of --fast on a
-# CPU, or the --gpu settings). "default" is the method's own recipe, named explicitly because --fast
-# alone takes a method's winning speedrun recipe; "speedrun" is the method's --recipe speedrun.
+# CPU, or the --gpu settings). "default" is the method's own recipe; "speedrun" is the method's
+# --recipe speedrun. A candidate that names no recipe gets --recipe default (candidate_args): --fast
+# alone would take a method's fast_recipe, and a change is measured against the default recipe.
 CANDIDATES = {
-    "default": ["--recipe", "default"],
+    "default": [],
     "multicrop": ["--local-crops", "4", "--local-size", "16"],   # 2 global + 4 local 16 px crops
     "progressive": ["--res-schedule", "16,24,32"],              # global crops at 16, 24, 32 px, thirds
     "warmup-short": ["--warmup-epochs", "0.05"],                # schedule shape: --fast warms up 0.2 epochs
@@ -64,7 +66,7 @@ def candidate_args(name: str) -> list[str]:
                 raise SweepError(f"candidate {name!r}: {owner[flag]} and {part} both set {flag}")
             owner[flag] = part
         args += extra
-    return args
+    return args if "--recipe" in owner else args + ["--recipe", "default"]
 
 
 def run_name(method: str, candidate: str, seed: int) -> str:
@@ -145,7 +147,7 @@ def execute(run: dict, threads: int, timeout: float) -> dict:
         (folder / stale).unlink(missing_ok=True)
     load = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
     info = dict(argv=run["argv"], candidate=run["candidate"], candidate_args=candidate_args(run["candidate"]),
-                threads=threads, load_average_start=load, commit=git_commit(), status="running")
+                threads=threads, core=run.get("core"), load_average_start=load, commit=git_commit(), status="running")
     (folder / RUN_INFO).write_text(json.dumps(info, indent=2) + "\n")
     t0 = time.perf_counter()
     with open(folder / LOG, "w") as log:
@@ -153,9 +155,13 @@ def execute(run: dict, threads: int, timeout: float) -> dict:
         log.flush()
         proc = subprocess.Popen([sys.executable, *run["argv"]], cwd=ROOT, env=child_env(threads), stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
+        if run.get("core") is not None:  # set before the child has imported torch: its threads inherit it
+            os.sched_setaffinity(proc.pid, {run["core"]})
+        _RUNNING.add(proc)
         try:
             rc = proc.wait(timeout=timeout)
-            status = "ok" if rc == 0 and (folder / SUMMARY).exists() else "failed"
+            status = ("interrupted" if _STOPPING.is_set() else
+                      "ok" if rc == 0 and (folder / SUMMARY).exists() else "failed")
         except subprocess.TimeoutExpired:
             stop_group(proc, grace_s=15)
             rc, status = proc.returncode, "timeout"
@@ -164,6 +170,8 @@ def execute(run: dict, threads: int, timeout: float) -> dict:
             info.update(status="interrupted")
             (folder / RUN_INFO).write_text(json.dumps(info, indent=2) + "\n")
             raise
+        finally:
+            _RUNNING.discard(proc)
     info.update(status=status, rc=rc, job_s=round(time.perf_counter() - t0, 1))
     (folder / RUN_INFO).write_text(json.dumps(info, indent=2) + "\n")
     return info
@@ -231,24 +239,73 @@ def read_run(run: dict, target: float | None = None) -> dict:
 # ---- the sweep ----------------------------------------------------------------------------------
 
 def sweep(args, todo: list[dict], overhead: float) -> None:
-    """Run ``todo`` one after the other; with a time limit, start a run only if it is expected to fit."""
+    """Run ``todo`` in groups of ``args.jobs`` side by side (a method's default and candidate together, each
+    pinned to its own core); with a time limit, start a group only if it is expected to fit."""
     t_start = time.perf_counter()
-    for i, run in enumerate(todo):
+    cores = run_cores(args.jobs)
+    for first in range(0, len(todo), len(cores)):
+        group = todo[first:first + len(cores)]
         timeout = 2 * args.budget + 4 * overhead  # a stuck run, not a slow one
         if args.time_limit is not None:
             left = args.time_limit - (time.perf_counter() - t_start)
             if left < args.budget + overhead:
-                print(f"time limit: {len(todo) - i} run(s) not started ({left:.0f} s left of "
+                print(f"time limit: {len(todo) - first} run(s) not started ({left:.0f} s left of "
                       f"{args.time_limit:g} s, a run needs ~{args.budget + overhead:.0f} s)", flush=True)
                 return
             timeout = min(timeout, left)
-        name = run_name(run["method"], run["candidate"], run["seed"])
-        print(f"[{time.perf_counter() - t_start:6.0f} s] run {i + 1}/{len(todo)} {name} ...", flush=True)
-        info = execute(run, args.threads, timeout)
-        rec = read_run(run, args.target_knn or None)
-        if rec.get("train_s") is not None:  # the latest run predicts the next best (compile caches warm up)
-            overhead = max(0.0, info["job_s"] - rec["train_s"])
-        print(f"         {info['status']} in {info['job_s']:.0f} s: kNN {cell(rec.get('knn_top1_init'))} -> "
-              f"{cell(rec.get('knn_top1'))}, {cell(rec.get('steps'), '{}')} steps in "
-              f"{cell(rec.get('train_s'), '{:.0f}')} s of training"
-              + ("" if info["status"] == "ok" else f"; see {run['folder'] / LOG}"), flush=True)
+        for i, (run, core) in enumerate(zip(group, cores), start=first):
+            run["core"] = core
+            where = "" if core is None else f" on core {core}"
+            print(f"[{time.perf_counter() - t_start:6.0f} s] run {i + 1}/{len(todo)} "
+                  f"{run_name(run['method'], run['candidate'], run['seed'])}{where} ...", flush=True)
+        infos = run_group(group, args.threads, timeout)
+        for run, info in zip(group, infos):
+            rec = read_run(run, args.target_knn or None)
+            if rec.get("train_s") is not None:  # the latest run predicts the next best (compile caches warm up)
+                overhead = max(0.0, info["job_s"] - rec["train_s"])
+            print(f"         {run_name(run['method'], run['candidate'], run['seed'])}: {info['status']} in "
+                  f"{info['job_s']:.0f} s: kNN {cell(rec.get('knn_top1_init'))} -> {cell(rec.get('knn_top1'))}, "
+                  f"{cell(rec.get('steps'), '{}')} steps in {cell(rec.get('train_s'), '{:.0f}')} s of training"
+                  + ("" if info["status"] == "ok" else f"; see {run['folder'] / LOG}"), flush=True)
+
+
+def run_cores(jobs: int) -> list:
+    """The core each of ``jobs`` side-by-side runs is pinned to ([None]: one run at a time, not pinned)."""
+    if jobs == 1:
+        return [None]
+    usable = sorted(os.sched_getaffinity(0))
+    if jobs > len(usable):
+        raise SweepError(f"--jobs {jobs}: this process may use {len(usable)} core(s)")
+    return usable[:jobs]
+
+
+# processes of the runs under way, and whether the sweep is being stopped (Ctrl-C, SIGTERM)
+_RUNNING: set = set()
+_STOPPING = threading.Event()
+
+
+def run_group(group: list[dict], threads: int, timeout: float) -> list[dict]:
+    """``execute`` every run of ``group`` at once (one thread each); on Ctrl-C stop them all."""
+    if len(group) == 1:
+        return [execute(group[0], threads, timeout)]
+    infos = [None] * len(group)
+
+    def one(k):
+        infos[k] = execute(group[k], threads, timeout)
+
+    workers = [threading.Thread(target=one, args=(k,), daemon=True) for k in range(len(group))]
+    for w in workers:
+        w.start()
+    try:
+        for w in workers:
+            while w.is_alive():
+                w.join(timeout=1.0)  # a short wait keeps Ctrl-C (and SIGTERM) responsive
+    except KeyboardInterrupt:
+        _STOPPING.set()
+        for proc in list(_RUNNING):
+            stop_group(proc, grace_s=15)
+        for w in workers:
+            w.join()
+        _STOPPING.clear()
+        raise
+    return infos

@@ -8,6 +8,7 @@ import os
 import shlex
 import signal
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -65,13 +66,15 @@ def test_every_candidate_builds_a_command_with_the_pinned_options(tmp_path):
                     "progressive": dict(res_schedule="16,24,32"), "warmup-short": dict(warmup_epochs="0.05"),
                     "lr-x2": dict(lr="1.0"), "temp-0.5": dict(temperature="0.5"),
                     "speedrun": dict(recipe="speedrun")}[run["candidate"]]
-        assert changed == expected, run["candidate"]
+        assert changed == {"recipe": "default", **expected}, run["candidate"]  # a change is made to default
     assert len(folders) == len(runs)
 
 
 def test_combined_candidates_and_their_refusals():
     assert sweep.candidate_args("multicrop+progressive") == ["--local-crops", "4", "--local-size", "16",
-                                                           "--res-schedule", "16,24,32"]
+                                                           "--res-schedule", "16,24,32", "--recipe", "default"]
+    assert sweep.candidate_args("speedrun+multicrop") == ["--recipe", "speedrun", "--local-crops", "4",
+                                                        "--local-size", "16"]
     with pytest.raises(sweep.SweepError, match="unknown candidate 'nope'"):
         sweep.candidate_args("default+nope")
     sweep.CANDIDATES["lr-low"] = ["--lr", "0.1"]
@@ -241,7 +244,7 @@ def test_sweep_report_json_markdown_png(tmp_path, monkeypatch, capsys):
     record = json.loads(out.read_text())
     assert record["benchmark"] == "time_to_accuracy" and record["environment"]["torch"] == torch.__version__
     assert record["settings"]["budget"] == 240.0 and record["settings"]["threads"] >= 1
-    assert record["candidate_args"]["multicrop"] == ["--local-crops", "4", "--local-size", "16"]
+    assert record["candidate_args"]["multicrop"] == ["--local-crops", "4", "--local-size", "16", "--recipe", "default"]
     gains = {(g["method"], g["candidate"]): g for g in record["gains"]}
     assert gains[("simclr", "multicrop")]["gain_per_seed"] == [4.5, 3.0]
     assert gains[("dare", "multicrop")]["mean_gain"] == 3.5 and gains[("dare", "multicrop")]["meets_target"]
@@ -250,7 +253,7 @@ def test_sweep_report_json_markdown_png(tmp_path, monkeypatch, capsys):
     assert "| multicrop | simclr | 0 | 44.50 | 28.00 | 240 | 300 | 38,400 | ok |" in md
     assert "| multicrop | dare | 0, 1 | +3.50 | +3.00, +4.00 | yes |" in md
     assert "| progressive | simclr | 0, 1 | +0.00 | -1.00, +1.00 | no |" in md
-    assert "| multicrop | `--local-crops 4 --local-size 16` |" in md and "| default | (none" in md
+    assert "| multicrop | `--local-crops 4 --local-size 16 --recipe default` |" in md and "| default | `--recipe default` |" in md
     png = out.with_suffix(".png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
     # scripts/render_results.py recognises the record as this benchmark's (and no other's)
@@ -316,6 +319,38 @@ def test_time_limit_starts_only_runs_that_fit(tmp_path, monkeypatch, capsys):
     assert [g["gain_per_seed"] for g in record["gains"]] == [[4.5]]
     calls.clear()
     assert tta.main(base + ["--resume", "--time-limit", "150"]) == 0 and calls == []  # 100 + 90 > 150
+
+
+def test_jobs_run_default_and_candidate_side_by_side_on_their_own_cores(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    calls, finish, together = [], fake_execute([]), threading.Barrier(2, timeout=30)
+
+    def execute(run, threads, timeout):
+        together.wait()  # returns only when both runs of a pair are under way at once
+        calls.append((run["candidate"], run["seed"], run["core"], threads))
+        return finish(run, threads, timeout)
+
+    monkeypatch.setattr(sweep, "execute", execute)
+    monkeypatch.setattr(sweep, "pretrain_parser", pinned_parser)
+    base = ["--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "tta.json"), "--candidates", "default",
+            "multicrop", "--methods", "simclr", "--seeds", "0", "1"]
+    assert tta.main(base + ["--jobs", "2"]) == 0
+    assert sorted(calls) == [("default", 0, 0, 2), ("default", 1, 0, 2), ("multicrop", 0, 1, 2), ("multicrop", 1, 1, 2)]
+    assert "2 runs side by side, one pinned core each" in (tmp_path / "tta.md").read_text()
+    for bad, says in ((["--jobs", "5"], "--jobs must be between 1 and the 4 core(s)"),
+                      (["--jobs", "2", "--threads", "3"], "--jobs 2 x --threads 3 is more threads than the 4")):
+        with pytest.raises(SystemExit) as e:
+            tta.parse_args(base + bad)
+        assert e.value.code == 2 and says in capsys.readouterr().err
+
+
+def test_a_pinned_run_sees_only_its_core(tmp_path):
+    core = max(os.sched_getaffinity(0))
+    run = dict(method="simclr", candidate="default", seed=0, folder=tmp_path / "run", core=core,
+               argv=["-c", "import os, time; time.sleep(0.5); print('cores', sorted(os.sched_getaffinity(0)))"])
+    info = sweep.execute(run, threads=1, timeout=60)
+    assert info["core"] == core and info["status"] == "failed"  # no summary.json: not a training run
+    assert f"cores [{core}]" in (tmp_path / "run" / sweep.LOG).read_text()
 
 
 def test_sigterm_mid_sweep_writes_the_report_of_finished_runs(tmp_path, monkeypatch, capsys):
