@@ -62,7 +62,9 @@ def parse_args(argv=None):
                    help=f"recipes to run, a+b combines two (default: {' '.join(SWEEP)}; with --gpu: default speedrun)")
     p.add_argument("--budget", type=float, default=None,
                    help="training seconds per run, --time-budget of pretrain.py (default: 240, with --gpu 75)")
-    p.add_argument("--knn-every-steps", type=int, default=None, help="kNN curve resolution (default: 100, --gpu 300)")
+    p.add_argument("--knn-every-steps", type=int, default=None,
+                   help="kNN curve resolution; 0 = kNN only before training and at the budget, the cheapest on a "
+                   "CPU (default: 100, --gpu 300)")
     p.add_argument("--target-knn", type=float, default=None,
                    help="stop a run at this kNN top-1 %% (default: off on a CPU, 80 with --gpu; 0 = off)")
     p.add_argument("--target-gain", type=float, default=3.0,
@@ -94,8 +96,10 @@ def parse_args(argv=None):
     args.time_limit = args.time_limit if args.time_limit is not None else (470.0 if gpu else None)
     if args.budget <= 0:
         p.error(f"--budget must be > 0 seconds, got {args.budget:g}")
-    if args.knn_every_steps < 1:
-        p.error(f"--knn-every-steps must be >= 1, got {args.knn_every_steps}")
+    if args.knn_every_steps < 0:
+        p.error(f"--knn-every-steps must be >= 0, got {args.knn_every_steps}")
+    if args.target_knn and not args.knn_every_steps:
+        p.error("--target-knn needs a kNN curve: --knn-every-steps K >= 1")
     if not 0 <= args.target_knn <= 100:
         p.error(f"--target-knn is a percentage in [0, 100], got {args.target_knn:g}")
     if args.threads < 1:
