@@ -132,7 +132,7 @@ def parse_args(argv=None):
 
 
 def estimate_s(args, n_runs: int, overhead: float) -> float:
-    return n_runs * (args.budget + overhead)
+    return -(-n_runs // args.jobs) * (args.budget + overhead)  # groups of --jobs runs side by side
 
 
 def main(argv=None) -> int:

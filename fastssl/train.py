@@ -260,8 +260,8 @@ def _train(cfg: Config, device: torch.device) -> dict | None:
             run.save(state.epoch_loss)
             last_ckpt = train_s
             run.report()
-        if stopped is None and run.call_spent():
-            stopped = "paused"
+        if stopped is None and (budget or state.epoch < cfg.epochs) and run.call_spent():
+            stopped = "paused"  # only while training is left: a finished run ends in this call
 
     if stopped == "paused":
         return run.pause() if main else None
