@@ -243,8 +243,53 @@ def test_render_time_to_accuracy(tmp_path):
                   settings=dict(mode="fast", budget=240.0, knn_every_steps=100, target_knn=None, threads=2))
     _write(tmp_path / "time_to_accuracy-cpu-1.json", record)
     section = render_results.render(tmp_path)
-    assert "### Time to accuracy (`bench/time_to_accuracy.py`)\n\n**CPU.**" in section
+    assert "### Time to accuracy (`bench/time_to_accuracy.py`)\n\n**CPU. 240 s, seed 0.**" in section
     assert "| multicrop | simclr | 0 | +4.50 | +4.50 | no |" in section
+    # the README's table of --recipe speedrun against default, one line per method and budget
+    for run in runs:
+        run["candidate"] = dict(multicrop="speedrun").get(run["candidate"], run["candidate"])
+    record.update(gains=tta_report.gains(runs), settings={**record["settings"], "budget": 960.0, "seeds": [0]})
+    _write(tmp_path / "time_to_accuracy-cpu-2.json", record)
+    readme = render_results.summary(tmp_path)
+    assert "| simclr | 960 | 0 | 40.00 -> 44.50 (+4.50) | [time_to_accuracy-cpu-2.json]" in readme
+    assert "time_to_accuracy-cpu-1.json" in readme  # the 240 s record is another question: kept beside it
+
+
+def test_pretrain_fast_table_from_run_folders_and_its_render(tmp_path, monkeypatch, capsys):
+    from bench import pretrain_fast, tta_sweep
+    knn = dict(simclr=(27.15, 44.0, "speedrun"), dare=(27.15, 38.0, "default"))
+
+    def execute(run, threads, timeout):  # what a finished scripts/pretrain.py leaves in its folder
+        run["folder"].mkdir(parents=True)
+        before, after, recipe = knn[run["method"]]
+        _write(run["folder"] / tta_sweep.RUN_INFO, dict(argv=run["argv"], status="ok", threads=threads, core=run["core"]))
+        _write(run["folder"] / tta_sweep.SUMMARY, dict(encoder="resnet18", steps=400, knn_top1_init=before,
+                                                       knn_top1=after, knn_top1_k20=after + 1, linear_top1=after + 2,
+                                                       train_s=300.0, wall_s=400.0, config=dict(recipe=recipe)))
+        return dict(status="ok", job_s=400.0)
+
+    monkeypatch.setattr(tta_sweep, "execute", execute)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    results = tmp_path / "results"
+    out = results / "pretrain-fast-cpu-2.json"
+    assert pretrain_fast.main(["--methods", "simclr", "dare", "--jobs", "2", "--runs-dir", str(tmp_path / "runs"),
+                               "--out", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert [(r["method"], r["recipe"], r["knn_top1"], r["core"]) for r in record["results"]] == [
+        ("simclr", "speedrun", 44.0, 0), ("dare", "default", 38.0, 1)]
+    assert record["setup"] == "seed 0, 1 thread(s) a run, 2 runs side by side, one pinned core each"
+    assert pretrain_fast.main(["--methods", "simclr", "--runs-dir", str(tmp_path / "runs"), "--out", str(out)]) == 2
+    assert "pass --resume" in capsys.readouterr().err
+    older = dict(benchmark="pretrain_fast", provenance="p.", device="cpu", command="c", time="2026-01-01T00:00:00",
+                 setup="s", note="n", results=[dict(method="vicreg", knn_top1_init=27.15, knn_top1=40.2,
+                                                    linear_top1=44.2, wall_s=1.0, source="run output"),
+                                               dict(method="simclr", knn_top1_init=27.15, knn_top1=41.0, wall_s=1.0)])
+    _write(results / "pretrain-fast-cpu-1.json", older)
+    page = render_results.render(results)
+    assert "| simclr | speedrun | 27.15 | 44.00 | 45.00 | 46.00 | 400 | 300 | 400 |" in page
+    assert "| vicreg | 27.15 | 40.20 | 44.20 | [pretrain-fast-cpu-1.json]" in page and "41.00" not in page
+    readme = render_results.summary(results)
+    assert "| simclr | speedrun | 27.15 | 44.00 | 46.00 |" in readme and "| dare | default | 27.15 | 38.00 | 40.00 |" in readme
 
 
 # ---- bench/kernels.py: honest defaults, per-row failures, incremental JSON --------------------------------
