@@ -25,8 +25,10 @@ def main(argv=None) -> int:
     from .checkpoint import CheckpointError
     from .loaders import UnsupportedOption
     from .train import RunError, TrainingDiverged, train
-    if main_rank:
-        print("config: " + ", ".join(f"{k}={v}" for k, v in vars(cfg).items()))
+    if main_rank:  # the global options and this method's own (summary.json and the checkpoint keep them all)
+        from . import methods
+        others = set(methods.method_options()) - {o.name for o in methods.get_method(cfg.method).options}
+        print("config: " + ", ".join(f"{k}={v}" for k, v in vars(cfg).items() if k not in others))
     try:
         summary = train(cfg)
     except (DataError, FileNotFoundError, CheckpointError, RunError, UnsupportedOption) as e:

@@ -198,3 +198,14 @@ def test_option_declarations_are_checked():
         Option("toy-scale", float, 0.5, "dash")
     with pytest.raises(ValueError, match="type must be"):
         Option("toy_list", list, [], "a list")
+
+
+def test_the_config_line_shows_only_the_method_s_own_options(tmp_path, tiny_folder, capsys):
+    from fastssl.cli import main
+    assert main(["--method", "dare", "--data", str(tiny_folder), "--out", str(tmp_path / "r"), "--width", "8",
+                 "--batch-size", "16", "--proj-hidden", "32", "--proj-dim", "16", "--knn-k", "10", "--epochs", "1",
+                 "--device", "cpu", "--no-progress", "--no-linear-eval"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("config: "))
+    assert "dare_lambda=" in line and "lr=" in line and "triplet_margin" not in line and "vicreg_sim" not in line
+    saved = json.loads((tmp_path / "r" / "summary.json").read_text())["config"]
+    assert "triplet_margin" in saved  # the run's record keeps every option
