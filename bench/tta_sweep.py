@@ -35,6 +35,7 @@ CANDIDATES = {
     "default": [],
     "multicrop": ["--local-crops", "4", "--local-size", "16"],   # 2 global + 4 local 16 px crops
     "progressive": ["--res-schedule", "16,24,32"],              # global crops at 16, 24, 32 px, thirds
+    "progressive-long": ["--res-schedule", "16@0.5,24@0.8,32"],  # half the budget at 16 px, a fifth at 32
     "warmup-short": ["--warmup-epochs", "0.05"],                # schedule shape: --fast warms up 0.2 epochs
     "lr-x2": ["--lr", "1.0"],                                   # --fast: 0.5 per 256 images
     "temp-0.5": ["--temperature", "0.5"],                       # default: 0.2

@@ -63,7 +63,8 @@ def test_every_candidate_builds_a_command_with_the_pinned_options(tmp_path):
                    if k in ("local_crops", "local_size", "res_schedule", "recipe", "lr", "temperature",
                             "warmup_epochs") and v is not None}
         expected = {"default": {}, "multicrop": dict(local_crops="4", local_size="16"),
-                    "progressive": dict(res_schedule="16,24,32"), "warmup-short": dict(warmup_epochs="0.05"),
+                    "progressive": dict(res_schedule="16,24,32"), "progressive-long": dict(res_schedule="16@0.5,24@0.8,32"),
+                    "warmup-short": dict(warmup_epochs="0.05"),
                     "lr-x2": dict(lr="1.0"), "temp-0.5": dict(temperature="0.5"),
                     "speedrun": dict(recipe="speedrun")}[run["candidate"]]
         assert changed == {"recipe": "default", **expected}, run["candidate"]  # a change is made to default
