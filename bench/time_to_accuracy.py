@@ -82,6 +82,8 @@ def parse_args(argv=None):
     p.add_argument("--out", type=Path, default=None,
                    help="JSON path; .md and .png beside it "
                    "(default: bench/results/time_to_accuracy-<device>-<stamp>.json)")
+    p.add_argument("--note", default=None,
+                   help="a sentence for the report on how the runs were made (e.g. several invocations at once)")
     p.add_argument("--resume", action="store_true", help="skip runs whose summary.json exists (same command)")
     p.add_argument("--dry-run", action="store_true", help="print the commands and the estimated duration, run nothing")
     args = p.parse_args(argv)

@@ -149,7 +149,7 @@ def build_record(args, runs: list[dict], command: str) -> dict:
                     time_limit=args.time_limit, commit=git_commit())
     return dict(benchmark="time_to_accuracy", environment=environment(command), settings=settings,
                 candidate_args={c: candidate_args(c) for c in args.candidates}, runs=records, gains=gain_rows,
-                winners=winners(gain_rows, args.methods))
+                winners=winners(gain_rows, args.methods), **({"note": args.note} if args.note else {}))
 
 
 def write_report(args, runs: list[dict], command: str) -> dict:
