@@ -96,9 +96,9 @@ GLOBAL_OPTIONS = (
            "e.g. 16,24,32 (equal thirds) or 16@0.3,24@0.6,32 (size until that fraction); empty = always full size"),
     Option("recipe", str, "default", "named set of overrides, below the command line and above --fast and the "
            "method's recipe (a method may define its own): default = none; speedrun = progressive resolution "
-           "16,24,32 px (global crops at 16, then 24, then 32 px over equal thirds of training), which at equal "
-           "training seconds raised kNN top-1 over default by +1.9 to +6.6 points for SimCLR and DARe (2 seeds each, "
-           "CPU, --fast model, 240 s budgets)"),
+           "16,24,32 px (global crops at 16, then 24, then 32 px over equal thirds of training), about twice the "
+           "steps in the same seconds; each method's file gives its measured gain (with --fast and no --recipe: "
+           "the method's fast_recipe)"),
     Option("log", str, "none", "also log the scalars to TensorBoard (OUT/tensorboard; needs pip install "
            "'fastssl[tensorboard]')", choices=("none", "tensorboard")),
     Option("eval_data", str, None, "labelled image folder or archive for the kNN monitor and linear probe (unset: "
@@ -109,14 +109,11 @@ GLOBAL_OPTIONS = (
 )
 
 # --recipe: named sets of overrides (below the command line, above --fast and the method's recipe). A
-# method's own ``recipes`` entry of the same name replaces these for that method.
-# "speedrun" holds the time-to-accuracy choices that won side-by-side runs at equal training seconds
-# (docs/architecture.md; bench/time_to_accuracy.py, bench/results/time_to_accuracy-cpu-*.md). Measured on the
-# 2-core CPU, --fast model, 240 s training budget, 1 thread pinned to one core, kNN top-1 (%), default ->
-# progressive resolution 16,24,32 px, seeds 0 / 1: SimCLR 37.70 -> 44.25 / 38.45 -> 42.10 (+6.55 / +3.65;
-# about twice the steps), DARe 35.35 -> 37.25 / 31.95 -> 36.60 (+1.90 / +4.65: short of +3 on seed 0).
-# Lost on seed 0 (SimCLR): multi-crop 4 x 16 px 34.75, temperature 0.5 36.75. Only progressive is kept;
-# the default recipe is unchanged. Until a method measures its own, every method uses this one.
+# method's own ``recipes`` entry of the same name replaces these for that method. "speedrun" holds the
+# time-to-accuracy choice that won side-by-side runs at equal training seconds (bench/time_to_accuracy.py;
+# bench/results/time_to_accuracy-cpu-*.md): progressive resolution, about twice the steps in the same seconds.
+# Each method's file records its own gain per seed and sets ``fast_recipe`` where it reached +3 kNN on every
+# seed. Lost on seed 0 for SimCLR (2026-11-30): multi-crop 4 x 16 px, temperature 0.5.
 RECIPES = {"default": {}, "speedrun": dict(res_schedule="16,24,32")}
 
 # --fast: a short schedule sized to the hardware. On a CPU (2 cores) full-width networks train at
