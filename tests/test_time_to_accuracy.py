@@ -423,3 +423,19 @@ def test_execute_pins_threads_records_and_stops_an_overrun(tmp_path):
     assert "started" in (tmp_path / "slow" / sweep.LOG).read_text()
     failing = dict(run, folder=tmp_path / "bad", argv=["-c", "import sys; sys.exit(3)"])
     assert sweep.execute(failing, threads=1, timeout=30)["status"] == "failed"
+
+
+def test_fast_takes_speedrun_exactly_where_the_committed_sweep_says_it_won():
+    """A method's ``fast_recipe`` is "speedrun" if and only if the latest committed 240 s CPU sweep of
+    default against speedrun shows a gain of at least 3 kNN points on both seeds for it."""
+    from fastssl import methods
+    records = [json.loads(p.read_text()) for p in (ROOT / "bench" / "results").glob("time_to_accuracy-cpu-*.json")]
+    sweeps = [r for r in records if r["settings"]["budget"] == 240 and "speedrun" in r["settings"]["candidates"]
+              and len(r["settings"]["seeds"]) >= 2]
+    assert sweeps, "no committed 240 s sweep of the speedrun recipe"
+    latest = max(sweeps, key=lambda r: r["environment"]["time"])
+    won = {g["method"] for g in latest["gains"] if g["candidate"] == "speedrun" and g["meets_target"]}
+    measured = {g["method"] for g in latest["gains"] if g["candidate"] == "speedrun"}
+    for name in methods.available():
+        fast = methods.get_method(name).fast_recipe
+        assert fast == ("speedrun" if name in won else "default"), (name, fast, name in measured)
