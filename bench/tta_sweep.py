@@ -147,7 +147,7 @@ def execute(run: dict, threads: int, timeout: float) -> dict:
     for stale in (SUMMARY, METRICS):  # a run is only ever restarted from scratch, never mixed with an old one
         (folder / stale).unlink(missing_ok=True)
     load = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
-    info = dict(argv=run["argv"], candidate=run["candidate"], candidate_args=run.get("extra", candidate_args(run["candidate"])),
+    info = dict(argv=run["argv"], candidate=run["candidate"], candidate_args=run["extra"] if "extra" in run else candidate_args(run["candidate"]),
                 threads=threads, core=run.get("core"), load_average_start=load, commit=git_commit(), status="running")
     (folder / RUN_INFO).write_text(json.dumps(info, indent=2) + "\n")
     t0 = time.perf_counter()
@@ -292,7 +292,10 @@ def run_group(group: list[dict], threads: int, timeout: float) -> list[dict]:
     infos = [None] * len(group)
 
     def one(k):
-        infos[k] = execute(group[k], threads, timeout)
+        try:
+            infos[k] = execute(group[k], threads, timeout)
+        except Exception as e:  # a run that could not even start is reported, not lost with its thread
+            infos[k] = dict(status="failed", rc=None, job_s=0.0, error=f"{type(e).__name__}: {e}")
 
     workers = [threading.Thread(target=one, args=(k,), daemon=True) for k in range(len(group))]
     for w in workers:
