@@ -347,10 +347,12 @@ def test_jobs_run_default_and_candidate_side_by_side_on_their_own_cores(tmp_path
 
 def test_a_pinned_run_sees_only_its_core(tmp_path):
     core = max(os.sched_getaffinity(0))
-    run = dict(method="simclr", candidate="default", seed=0, folder=tmp_path / "run", core=core,
+    # a run that is no candidate of the sweep (bench/pretrain_fast.py's) brings its own extra arguments
+    run = dict(method="simclr", candidate="fast", extra=[], seed=0, folder=tmp_path / "run", core=core,
                argv=["-c", "import os, time; time.sleep(0.5); print('cores', sorted(os.sched_getaffinity(0)))"])
     info = sweep.execute(run, threads=1, timeout=60)
     assert info["core"] == core and info["status"] == "failed"  # no summary.json: not a training run
+    assert json.loads((tmp_path / "run" / sweep.RUN_INFO).read_text())["candidate_args"] == []
     assert f"cores [{core}]" in (tmp_path / "run" / sweep.LOG).read_text()
 
 
