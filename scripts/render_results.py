@@ -316,7 +316,7 @@ def _speedrun_gains(latest: dict) -> list[str]:
             pairs = ", ".join(f"{knn[(g['method'], 'default', s)]:.2f} -> {knn[(g['method'], 'speedrun', s)]:.2f} "
                               f"({d:+.2f})" for s, d in zip(g["seeds"], g["gain_per_seed"]))
             rows.append(f"| {g['method']} | {variant[0]:g} | {', '.join(map(str, g['seeds']))} | {pairs} | "
-                        f"[{Path(path).name}]({path}) |")
+                        f"[json]({path}) |")
     if not rows:
         return []
     return ["", "CPU time to accuracy: kNN top-1 (%) of `--recipe default -> speedrun` at the same training seconds "

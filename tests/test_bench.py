@@ -251,7 +251,7 @@ def test_render_time_to_accuracy(tmp_path):
     record.update(gains=tta_report.gains(runs), settings={**record["settings"], "budget": 960.0, "seeds": [0]})
     _write(tmp_path / "time_to_accuracy-cpu-2.json", record)
     readme = render_results.summary(tmp_path)
-    assert "| simclr | 960 | 0 | 40.00 -> 44.50 (+4.50) | [time_to_accuracy-cpu-2.json]" in readme
+    assert "| simclr | 960 | 0 | 40.00 -> 44.50 (+4.50) | [json](" in readme
     assert "time_to_accuracy-cpu-1.json" in readme  # the 240 s record is another question: kept beside it
 
 
