@@ -155,6 +155,19 @@ def test_stop_after_pauses_and_resume_finishes_the_same_run(tmp_path, tiny_folde
     assert summary["steps"] == 20 and summary["train_s"] == pytest.approx(2.5) and summary["stopped_by"] == "budget"
 
 
+def test_a_resume_does_not_charge_its_recompilation(tmp_path, tiny_folder, fake_clock, monkeypatch):
+    # --compile on (compilation stubbed out: the clock is simulated): the first step after each resume is the
+    # one that compiles again, and it is not charged, so a 2.5 s budget paused once buys one step more
+    from fastssl import step as step_mod
+    monkeypatch.setattr(step_mod, "compile_model", lambda model, **kw: model)
+    args = ("--time-budget", "2.5", "--epochs", "2", "--warmup-epochs", "0.5", "--compile", "on")
+    assert run(tmp_path / "r", tiny_folder, "simclr", *args, "--stop-after", "0.3") == 75
+    assert load_checkpoint(tmp_path / "r")["step"] == 3
+    assert run(tmp_path / "r", tiny_folder, "simclr", *args, "--resume") == 0
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["steps"] == 21 and summary["train_s"] == pytest.approx(2.5)
+
+
 def test_stop_after_rejects_a_negative_value(capsys):
     with pytest.raises(SystemExit) as e:
         main(["--stop-after", "-1", *TINY])
