@@ -147,8 +147,9 @@ def execute(run: dict, threads: int, timeout: float) -> dict:
     for stale in (SUMMARY, METRICS):  # a run is only ever restarted from scratch, never mixed with an old one
         (folder / stale).unlink(missing_ok=True)
     load = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
-    info = dict(argv=run["argv"], candidate=run["candidate"], candidate_args=run["extra"] if "extra" in run else candidate_args(run["candidate"]),
-                threads=threads, core=run.get("core"), load_average_start=load, commit=git_commit(), status="running")
+    extra = run["extra"] if "extra" in run else candidate_args(run["candidate"])  # a run of another tool: its own
+    info = dict(argv=run["argv"], candidate=run["candidate"], candidate_args=extra, threads=threads,
+                core=run.get("core"), load_average_start=load, commit=git_commit(), status="running")
     (folder / RUN_INFO).write_text(json.dumps(info, indent=2) + "\n")
     t0 = time.perf_counter()
     with open(folder / LOG, "w") as log:
