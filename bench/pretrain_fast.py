@@ -38,6 +38,7 @@ def parse_args(argv=None):
     p.add_argument("--runs-dir", type=Path, default=None, help="run folders (default: runs/pretrain_fast-<device>)")
     p.add_argument("--out", type=Path, default=None,
                    help="JSON path, .md beside it (default: bench/results/pretrain-fast-<device>-<stamp>.json)")
+    p.add_argument("--note", default=None, help="a sentence for the record on how the runs were made")
     p.add_argument("--resume", action="store_true", help="skip runs whose summary.json exists (same command)")
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     args = p.parse_args(argv)
@@ -79,7 +80,8 @@ def row(run: dict) -> dict:
 def markdown(record: dict) -> str:
     cell = sweep.cell
     lines = [f"`{record['environment']['command']}` on {record['environment']['device']}, "
-             f"{record['environment']['time'][:10]}, torch {record['environment']['torch']}; {record['setup']}.", "",
+             f"{record['environment']['time'][:10]}, torch {record['environment']['torch']}; {record['setup']}."
+             + (f" Note: {record['note']}" if record.get("note") else ""), "",
              "| method | recipe | kNN before | kNN after | kNN k=20 | linear | steps | train (s) | wall (s) |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in record["results"]:
@@ -126,7 +128,8 @@ def main(argv=None) -> int:
     rows = [row(r) for r in runs]
     setup = (f"seed {args.seed}, {args.threads} thread(s) a run, "
              + ("one run at a time" if args.jobs == 1 else f"{args.jobs} runs side by side, one pinned core each"))
-    record = dict(benchmark="pretrain_fast", environment=environment(command), setup=setup, results=rows)
+    record = dict(benchmark="pretrain_fast", environment=environment(command), setup=setup, results=rows,
+                  **({"note": args.note} if args.note else {}))
     write_result(record, f"# CPU --fast\n\n" + markdown(record), args.out)
     return 0 if all(r["status"] == "ok" for r in rows) else 1
 

@@ -327,11 +327,12 @@ def _speedrun_gains(latest: dict) -> list[str]:
 
 def _fast_table(latest: dict) -> list[str]:
     """The CPU ``--fast`` table of the latest bench/pretrain_fast.py record."""
-    entries = [rec for _, _, (_, rec) in entries_of(latest, "pretrain_fast", "cpu") if "environment" in rec]
+    entries = [(path, rec) for _, _, (path, rec) in entries_of(latest, "pretrain_fast", "cpu") if "environment" in rec]
     if not entries:
         return []
-    rec = entries[0]
-    lines = ["", f"CPU `--fast` (`{rec['environment']['command']}`, {rec['setup']}): kNN top-1 (%), k = 200:", "",
+    path, rec = entries[0]
+    lines = ["", f"CPU `--fast`, `scripts/pretrain.py --method M --fast` as `bench/pretrain_fast.py` runs it "
+             f"({rec['setup']}; [json]({path})): kNN top-1 (%), k = 200:", "",
              "| method | recipe | before | after | linear probe |", "|---|---|---:|---:|---:|"]
     lines += [f"| {x['method']} | {x.get('recipe') or '-'} | {_num(x.get('knn_top1_init'))} | {_num(x.get('knn_top1'))} | "
               f"{_num(x.get('linear_top1'))} |" for x in rec["results"]]
