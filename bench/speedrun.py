@@ -89,14 +89,17 @@ def pretrain_argv(args, resume: bool) -> list[str]:
     return argv + (["--resume"] if resume else []) + args.pretrain_args
 
 
-def read_rows(out: Path) -> list[dict]:
-    path = out / "metrics.jsonl"
+def read_jsonl(path: Path) -> list[dict]:
+    """The rows of a JSON-lines file of the run folder (none before the file exists)."""
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def read_rows(out: Path) -> list[dict]:
+    return read_jsonl(out / "metrics.jsonl")
 
 
 def read_calls(out: Path) -> list[dict]:
-    path = out / "race-calls.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    return read_jsonl(out / "race-calls.jsonl")
 
 
 def estimate(args, rows: list[dict], calls: list[dict]) -> dict:

@@ -263,7 +263,8 @@ def _not_measured(latest: dict) -> str:
 
 def render(results: Path = RESULTS) -> str:
     """The page docs/results.md: every benchmark's latest CPU and GPU record, with its device and command."""
-    latest, every = load_records(results), load_records(results, every=True)
+    every = load_records(results, every=True)
+    latest = {key: entries[-1] for key, entries in every.items()}  # the newest of each (load_records' choice)
     gpu, cpu = _devices(latest, "gpu"), _devices(latest, "cpu")
     out = [BEGIN, GENERATED.format("page"), "# Results", "",
            "Only what was run is reported, each figure with its device and command; this page is generated from "
